@@ -1,0 +1,64 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/docker/go-units"
+	"github.com/spf13/cobra"
+
+	"github.com/lazyfs/lazyfs/cache"
+)
+
+func newCacheCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cache stats|prune",
+		Short: "Show or shrink the frame cache shared by all mounts",
+	}
+	stats := &cobra.Command{
+		Use:   "stats [--root DIR]",
+		Short: "Show what the cache holds",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			u, err := cache.Usage(filepath.Join(g.root, "cache"))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "root:     %s\nframes:   %d (%s)\nindexes:  %d (%s)\n",
+				g.root, u.Frames, humanBytes(u.FrameBytes), u.Indexes, humanBytes(u.IndexBytes))
+			return nil
+		},
+	}
+	var keep string
+	var all bool
+	prune := &cobra.Command{
+		Use:   "prune [--root DIR] [--keep-storage SIZE] [--all]",
+		Short: "Remove least recently used frames (frames are fetched again when read)",
+		Args:  exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var keepBytes int64
+			if keep != "" {
+				n, err := units.RAMInBytes(keep)
+				if err != nil {
+					return usageError{fmt.Errorf("--keep-storage %q: %w", keep, err)}
+				}
+				keepBytes = n
+			}
+			s, err := cache.Open(cache.Config{Dir: filepath.Join(g.root, "cache"), Logger: g.log, MemoryBytes: -1})
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			res, err := s.Prune(cmd.Context(), cache.PruneOptions{KeepBytes: keepBytes, Indexes: all})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "Total reclaimed space: %s\n", humanBytes(res.Bytes))
+			return nil
+		},
+	}
+	prune.Flags().StringVar(&keep, "keep-storage", "", "amount of frame data to keep (e.g. 2GB); default none")
+	prune.Flags().BoolVarP(&all, "all", "a", false, "also remove layer indexes")
+	cmd.AddCommand(stats, prune)
+	return cmd
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"sync"
+	"text/tabwriter"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/lazyfs/lazyfs/index"
+	"github.com/lazyfs/lazyfs/layers"
+)
+
+func newIndexCommand(g *globals) *cobra.Command {
+	var push bool
+	var span int64
+	cmd := &cobra.Command{
+		Use:   "index [--push] [--root DIR] [--insecure] REF",
+		Short: "Build the index of every layer of an image (and push it beside the image)",
+		Long: `Streams each layer of the image once and builds its index: the file table
+and the frames that let any byte range be read without the rest of the layer.
+The indexes are kept under --root; with --push they are also pushed as one OCI
+artifact whose subject is the image manifest, so every machine finds them.`,
+		Args: exactArgs(1, "one image reference"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p, err := g.open()
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			img, err := p.client.Resolve(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			var total int64
+			for _, l := range img.Manifest.Layers {
+				total += l.Size
+			}
+			cfg := layers.Config{Client: p.client, Store: p.store, Logger: g.log, Build: index.BuildOptions{Span: span}}
+			if isTerminal(g.stderr) {
+				bar := progressbar.NewOptions64(total,
+					progressbar.OptionSetWriter(g.stderr),
+					progressbar.OptionSetDescription("indexing "+args[0]),
+					progressbar.OptionShowBytes(true),
+					progressbar.OptionClearOnFinish(),
+					progressbar.OptionThrottle(100*1e6))
+				cfg.Progress = layerProgress(bar)
+			}
+			built, err := layers.NewResolver(cfg).Build(ctx, img)
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "LAYER\tFORMAT\tSIZE\tENTRIES\tFRAMES\tINDEX")
+			for _, l := range built {
+				data, err := l.Index.MarshalBinary()
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", shortDigest(l.Desc.Digest), l.Index.Format,
+					humanBytes(l.Desc.Size), len(l.Index.Entries), len(l.Index.Frames), humanBytes(int64(len(data))))
+			}
+			tw.Flush()
+			if !push {
+				return nil
+			}
+			desc, err := p.resolver.Push(ctx, img, built)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "pushed index %s for %s@%s\n", desc.Digest, img.Repo, img.Digest)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&push, "push", false, "push the indexes to the registry as an artifact referring to the image")
+	cmd.Flags().Int64Var(&span, "span", index.DefaultSpan, "uncompressed bytes between frame starts")
+	return cmd
+}
+
+// layerProgress folds the per-layer byte counts of parallel builds into one bar.
+func layerProgress(bar *progressbar.ProgressBar) func(digest.Digest, int64, int64) {
+	var mu sync.Mutex // guards seen and the bar
+	seen := map[digest.Digest]int64{}
+	return func(layer digest.Digest, read, _ int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		bar.Add64(read - seen[layer])
+		seen[layer] = read
+	}
+}

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/lazyfs/lazyfs/fusefs"
+	"github.com/lazyfs/lazyfs/index"
+	"github.com/lazyfs/lazyfs/layers"
+)
+
+func newMountCommand(g *globals) *cobra.Command {
+	var debug bool
+	cmd := &cobra.Command{
+		Use:   "mount [--root DIR] [--insecure] REF MOUNTPOINT",
+		Short: "Mount an image read-only; file bytes are fetched when first read",
+		Long: `Mounts the merged layers of an image at MOUNTPOINT and serves it in the
+foreground. The mount is ready when MOUNTPOINT is a mount point. SIGINT or
+SIGTERM (or 'lazyfs umount MOUNTPOINT') unmounts it; on exit it reports the
+bytes and requests fetched and the cache hits.`,
+		Args: exactArgs(2, "an image reference and a mount point"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			ref, dir := args[0], args[1]
+			if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+				return fmt.Errorf("mount point %s: not a directory", dir)
+			}
+			start := time.Now()
+			p, err := g.open()
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			img, err := p.client.Resolve(ctx, ref)
+			if err != nil {
+				return err
+			}
+			ls, err := p.resolver.Layers(ctx, img)
+			if err != nil {
+				return err
+			}
+			idxs := make([]*index.Index, len(ls))
+			for i, l := range ls {
+				idxs[i] = l.Index
+				g.log.Debug("layer ready", "layer", l.Desc.Digest, "origin", l.Origin)
+			}
+			src := layers.NewSource(p.client, img.Repo, p.store, g.log)
+			m, err := fusefs.MountLayers(dir, idxs, src, fusefs.Config{
+				FSName: "lazyfs:" + ref,
+				Logger: g.log,
+				Debug:  debug,
+			})
+			if err != nil {
+				return err
+			}
+			g.log.Info("mounted", "image", ref, "digest", img.Digest, "path", dir, "layers", len(ls), "dur", time.Since(start).Round(time.Millisecond))
+			done := make(chan struct{})
+			go func() { m.Wait(); close(done) }()
+			select {
+			case <-done: // unmounted from outside (lazyfs umount, umount)
+			case <-ctx.Done():
+				if err := m.Unmount(); err != nil {
+					return err
+				}
+				<-done
+			}
+			fs, cs := p.client.Stats(), p.store.Stats()
+			fmt.Fprintf(g.stderr, "lazyfs: unmounted %s: fetched %s in %d requests (%d retries); cache: %d memory hits, %d disk hits, %d misses\n",
+				dir, humanBytes(fs.BytesFetched), fs.Requests, fs.Retries, cs.MemoryHits, cs.DiskHits, cs.Misses)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&debug, "debug-fuse", false, "log every FUSE request")
+	return cmd
+}

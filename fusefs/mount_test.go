@@ -1,0 +1,245 @@
+package fusefs
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/lazyfs/lazyfs/index"
+)
+
+// memSource serves frames from blobs held in memory, verifying digests as
+// the real cache does, and counts the frames it decodes.
+type memSource struct {
+	blobs map[digest.Digest][]byte
+	loads atomic.Int64
+	fail  atomic.Bool
+}
+
+func (m *memSource) Frame(ctx context.Context, x *index.Index, i int) ([]byte, error) {
+	if m.fail.Load() {
+		return nil, errors.New("registry unreachable")
+	}
+	m.loads.Add(1)
+	f := &x.Frames[i]
+	blob := m.blobs[x.Layer]
+	data, err := x.DecodeFrame(i, blob[f.CompressedOffset:f.CompressedOffset+f.CompressedSize])
+	if err != nil {
+		return nil, err
+	}
+	if digest.FromBytes(data) != f.Digest {
+		return nil, index.ErrCorrupt
+	}
+	return data, nil
+}
+
+type tarFile struct {
+	hdr  tar.Header
+	body []byte
+}
+
+func makeTar(t *testing.T, files []tarFile) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range files {
+		h := f.hdr
+		h.Size = int64(len(f.body))
+		if h.ModTime.IsZero() {
+			h.ModTime = time.Unix(1700000000, 123456789)
+		}
+		h.Format = tar.FormatPAX
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(f.body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func gzipBytes(t *testing.T, b []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	zw.Write(b)
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// requireFUSE skips when FUSE cannot be mounted here, unless
+// LAZYFS_REQUIRE_FUSE=1 (CI) makes that a failure.
+func requireFUSE(t *testing.T) {
+	t.Helper()
+	_, err := os.Stat("/dev/fuse")
+	if err == nil && os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("LAZYFS_REQUIRE_FUSE") == "1" {
+		t.Fatalf("FUSE unusable (need root and /dev/fuse): %v", err)
+	}
+	t.Skipf("FUSE unusable (need root and /dev/fuse): %v", err)
+}
+
+func mountLayers(t *testing.T, blobs [][]byte, span int64) (string, *memSource) {
+	t.Helper()
+	requireFUSE(t)
+	src := &memSource{blobs: map[digest.Digest][]byte{}}
+	var idxs []*index.Index
+	for _, b := range blobs {
+		d := digest.FromBytes(b)
+		x, err := index.Build(t.Context(), d, bytes.NewReader(b), index.BuildOptions{Span: span})
+		if err != nil {
+			t.Fatalf("index.Build: %v", err)
+		}
+		src.blobs[d] = b
+		idxs = append(idxs, x)
+	}
+	dir := t.TempDir()
+	m, err := MountLayers(dir, idxs, src, Config{Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err != nil {
+		t.Fatalf("MountLayers: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Errorf("Unmount: %v", err)
+		}
+	})
+	return dir, src
+}
+
+func TestMountServesUnion(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789abcdef"), 40000) // 640 000 bytes, several frames
+	lower := makeTar(t, []tarFile{
+		{hdr: tar.Header{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755}},
+		{hdr: tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg, Mode: 0o644}, body: []byte("root:x:0:0::/root:/bin/sh\n")},
+		{hdr: tar.Header{Name: "etc/gone", Typeflag: tar.TypeReg, Mode: 0o600}, body: []byte("deleted above")},
+		{hdr: tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o640, Uid: 1000, Gid: 1001}, body: big},
+		{hdr: tar.Header{Name: "bin/", Typeflag: tar.TypeDir, Mode: 0o755}},
+		{hdr: tar.Header{Name: "bin/busybox", Typeflag: tar.TypeReg, Mode: 0o4755}, body: []byte("#!busybox")},
+		{hdr: tar.Header{Name: "bin/sh", Typeflag: tar.TypeLink, Linkname: "bin/busybox"}},
+		{hdr: tar.Header{Name: "bin/ls", Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}},
+		{hdr: tar.Header{Name: "dev/null", Typeflag: tar.TypeChar, Mode: 0o666, Devmajor: 1, Devminor: 3}},
+		{hdr: tar.Header{Name: "fifo", Typeflag: tar.TypeFifo, Mode: 0o600}},
+		{hdr: tar.Header{Name: "empty", Typeflag: tar.TypeReg, Mode: 0o644}},
+		{hdr: tar.Header{Name: "xattr", Typeflag: tar.TypeReg, Mode: 0o644,
+			PAXRecords: map[string]string{"SCHILY.xattr.user.color": "blue"}}, body: []byte("x")},
+	})
+	upper := makeTar(t, []tarFile{
+		{hdr: tar.Header{Name: "etc/.wh.gone", Typeflag: tar.TypeReg}},
+		{hdr: tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg, Mode: 0o644}, body: []byte("root:x:0:0::/root:/bin/ash\n")},
+	})
+	dir, src := mountLayers(t, [][]byte{gzipBytes(t, lower), upper}, 64<<10)
+
+	got, err := os.ReadFile(filepath.Join(dir, "etc/passwd"))
+	if err != nil || string(got) != "root:x:0:0::/root:/bin/ash\n" {
+		t.Errorf("ReadFile(etc/passwd) = %q, %v; want the upper layer's", got, err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "etc/gone")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Lstat(etc/gone) = %v, want not exist (whited out)", err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "etc/.wh.gone")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("whiteout file is visible: %v", err)
+	}
+
+	before := src.loads.Load()
+	f, err := os.Open(filepath.Join(dir, "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mid := make([]byte, 100)
+	if _, err := f.ReadAt(mid, 300000); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if !bytes.Equal(mid, big[300000:300100]) {
+		t.Errorf("ReadAt(big, 300000) = %q, want %q", mid, big[300000:300100])
+	}
+	if n := src.loads.Load() - before; n > 4 {
+		t.Errorf("a 100-byte read decoded %d frames of 64 KiB; want a few (kernel readahead), not the whole file", n)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dir, "big")); !bytes.Equal(got, big) {
+		t.Errorf("ReadFile(big) differs from the layer's content")
+	}
+
+	var st, sh unix.Stat_t
+	must(t, unix.Lstat(filepath.Join(dir, "big"), &st))
+	if st.Uid != 1000 || st.Gid != 1001 || st.Mode != unix.S_IFREG|0o640 || st.Size != int64(len(big)) || st.Blocks != (int64(len(big))+511)/512 {
+		t.Errorf("stat(big) = uid %d gid %d mode %o size %d blocks %d", st.Uid, st.Gid, st.Mode, st.Size, st.Blocks)
+	}
+	if st.Mtim.Sec != 1700000000 || st.Mtim.Nsec != 123456789 {
+		t.Errorf("mtime(big) = %d.%09d, want 1700000000.123456789", st.Mtim.Sec, st.Mtim.Nsec)
+	}
+	must(t, unix.Lstat(filepath.Join(dir, "bin/busybox"), &st))
+	must(t, unix.Lstat(filepath.Join(dir, "bin/sh"), &sh))
+	if st.Ino != sh.Ino || st.Nlink != 2 || st.Mode&unix.S_ISUID == 0 {
+		t.Errorf("bin/sh ino %d, busybox ino %d nlink %d mode %o; want one inode, 2 links, setuid", sh.Ino, st.Ino, st.Nlink, st.Mode)
+	}
+	if target, err := os.Readlink(filepath.Join(dir, "bin/ls")); err != nil || target != "busybox" {
+		t.Errorf("Readlink(bin/ls) = %q, %v", target, err)
+	}
+	must(t, unix.Lstat(filepath.Join(dir, "dev/null"), &st))
+	if st.Mode&unix.S_IFMT != unix.S_IFCHR || unix.Major(st.Rdev) != 1 || unix.Minor(st.Rdev) != 3 {
+		t.Errorf("dev/null mode %o rdev %d,%d", st.Mode, unix.Major(st.Rdev), unix.Minor(st.Rdev))
+	}
+	must(t, unix.Lstat(filepath.Join(dir, "fifo"), &st))
+	if st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		t.Errorf("fifo mode %o", st.Mode)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "empty")); err != nil || len(got) != 0 {
+		t.Errorf("ReadFile(empty) = %q, %v", got, err)
+	}
+	buf := make([]byte, 64)
+	n, err := unix.Lgetxattr(filepath.Join(dir, "xattr"), "user.color", buf)
+	if err != nil || string(buf[:n]) != "blue" {
+		t.Errorf("Lgetxattr(xattr, user.color) = %q, %v", buf[:n], err)
+	}
+	var sfs unix.Statfs_t
+	must(t, unix.Statfs(dir, &sfs))
+	if sfs.Files == 0 || sfs.Blocks == 0 || sfs.Namelen != 255 {
+		t.Errorf("statfs = files %d blocks %d namelen %d", sfs.Files, sfs.Blocks, sfs.Namelen)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "new"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("WriteFile on the read-only mount = %v, want EROFS", err)
+	}
+}
+
+func TestMountReadFailureIsEIO(t *testing.T) {
+	layer := makeTar(t, []tarFile{{hdr: tar.Header{Name: "f", Typeflag: tar.TypeReg, Mode: 0o644}, body: []byte("data")}})
+	dir, src := mountLayers(t, [][]byte{layer}, 0)
+	src.fail.Store(true)
+	_, err := os.ReadFile(filepath.Join(dir, "f"))
+	if !errors.Is(err, syscall.EIO) {
+		t.Errorf("ReadFile with a failing source = %v, want EIO", err)
+	}
+	src.fail.Store(false)
+	// The failure was not cached: the next read works without a remount.
+	if got, err := os.ReadFile(filepath.Join(dir, "f")); err != nil || string(got) != "data" {
+		t.Errorf("ReadFile after recovery = %q, %v", got, err)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,181 @@
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/lazyfs/lazyfs/index"
+)
+
+// lowerNode serves one node of the merged tree read-only.
+type lowerNode struct {
+	fs.Inode
+	n  *node
+	fs *fileSystem
+}
+
+var (
+	_ fs.NodeGetattrer   = (*lowerNode)(nil)
+	_ fs.NodeOpener      = (*lowerNode)(nil)
+	_ fs.NodeReader      = (*lowerNode)(nil)
+	_ fs.NodeReadlinker  = (*lowerNode)(nil)
+	_ fs.NodeGetxattrer  = (*lowerNode)(nil)
+	_ fs.NodeListxattrer = (*lowerNode)(nil)
+	_ fs.NodeStatfser    = (*lowerNode)(nil)
+)
+
+func (l *lowerNode) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	l.fs.fillAttr(l.n, &out.Attr)
+	return 0
+}
+
+func (l *lowerNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	// Lower files never change: let the kernel keep their pages.
+	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (l *lowerNode) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	e := l.n.entry
+	if e == nil || e.Type != index.TypeReg {
+		return nil, syscall.EISDIR
+	}
+	if off >= e.Size || len(dest) == 0 {
+		return fuse.ReadResultData(nil), 0
+	}
+	want := min(int64(len(dest)), e.Size-off)
+	x := l.fs.layers[l.n.layer]
+	start := e.Offset + off
+	first, end := x.FramesFor(start, want)
+	got := 0
+	for i := first; i < end; i++ {
+		data, err := l.fs.src.Frame(ctx, x, i)
+		if err != nil {
+			return nil, l.fs.errno(ctx, "read", e.Path, err, slog.Int64("off", off), slog.Int("frame", i))
+		}
+		f := &x.Frames[i]
+		from := start + int64(got) - f.Offset
+		got += copy(dest[got:want], data[from:])
+	}
+	return fuse.ReadResultData(dest[:got]), 0
+}
+
+func (l *lowerNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	if e := l.n.entry; e != nil && e.Type == index.TypeSymlink {
+		return []byte(e.Linkname), 0
+	}
+	return nil, syscall.EINVAL
+}
+
+func (l *lowerNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if l.n.entry == nil {
+		return 0, syscall.ENODATA
+	}
+	for _, x := range l.n.entry.Xattrs {
+		if x.Name == attr {
+			if len(dest) < len(x.Value) {
+				return uint32(len(x.Value)), syscall.ERANGE
+			}
+			return uint32(copy(dest, x.Value)), 0
+		}
+	}
+	return 0, syscall.ENODATA
+}
+
+func (l *lowerNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	if l.n.entry == nil {
+		return 0, 0
+	}
+	var b strings.Builder
+	for _, x := range l.n.entry.Xattrs {
+		b.WriteString(x.Name)
+		b.WriteByte(0)
+	}
+	if len(dest) < b.Len() {
+		return uint32(b.Len()), syscall.ERANGE
+	}
+	return uint32(copy(dest, b.String())), 0
+}
+
+func (l *lowerNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	const bsize = 4096
+	out.Bsize = bsize
+	out.Frsize = bsize
+	out.Blocks = uint64(l.fs.tree.bytes+bsize-1) / bsize
+	out.Files = uint64(l.fs.tree.nodes)
+	out.NameLen = 255
+	return 0
+}
+
+// fillAttr describes a node as stat(2) shows it.
+func (f *fileSystem) fillAttr(n *node, a *fuse.Attr) {
+	a.Ino = n.ino
+	a.Nlink = n.nlink
+	a.Blksize = 4096
+	e := n.entry
+	if e == nil {
+		// A directory no layer names, as a container runtime creates it.
+		a.Mode = syscall.S_IFDIR | 0o755
+		a.Size = 4096
+		a.Blocks = 8
+		return
+	}
+	a.Mode = typeBits(e.Type) | e.Mode
+	a.Uid, a.Gid = e.UID, e.GID
+	sec, nsec := uint64(e.ModTime.Unix()), uint32(e.ModTime.Nanosecond())
+	a.Mtime, a.Mtimensec = sec, nsec
+	a.Atime, a.Atimensec = sec, nsec
+	a.Ctime, a.Ctimensec = sec, nsec
+	switch e.Type {
+	case index.TypeReg:
+		a.Size = uint64(e.Size)
+		a.Blocks = (a.Size + 511) / 512
+	case index.TypeDir:
+		a.Size = 4096
+		a.Blocks = 8
+	case index.TypeSymlink:
+		a.Size = uint64(len(e.Linkname))
+	case index.TypeChar, index.TypeBlock:
+		a.Rdev = uint32(unix.Mkdev(e.Devmajor, e.Devminor))
+	}
+}
+
+func typeBits(t index.Type) uint32 {
+	switch t {
+	case index.TypeDir:
+		return syscall.S_IFDIR
+	case index.TypeSymlink:
+		return syscall.S_IFLNK
+	case index.TypeChar:
+		return syscall.S_IFCHR
+	case index.TypeBlock:
+		return syscall.S_IFBLK
+	case index.TypeFIFO:
+		return syscall.S_IFIFO
+	}
+	return syscall.S_IFREG
+}
+
+// errno turns an error at the FUSE boundary into the code the reading
+// process sees, and logs it once. A cancelled request is EINTR; anything
+// else (fetch failure, corrupt frame) is EIO, never ENOENT.
+func (f *fileSystem) errno(ctx context.Context, op, path string, err error, attrs ...slog.Attr) syscall.Errno {
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return syscall.EINTR
+	}
+	args := []any{"op", op, "path", path, "err", err}
+	for _, a := range attrs {
+		args = append(args, a)
+	}
+	f.log.Error("read failed", args...)
+	return syscall.EIO
+}

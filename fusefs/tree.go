@@ -1,0 +1,167 @@
+package fusefs
+
+import (
+	"fmt"
+	"log/slog"
+	"path"
+	"strings"
+
+	"github.com/lazyfs/lazyfs/index"
+)
+
+const (
+	whiteoutPrefix = ".wh."
+	opaqueMarker   = ".wh..wh..opq"
+)
+
+// node is one file of the merged tree. Hard links are one node reachable
+// under several names.
+type node struct {
+	entry    *index.Entry // metadata and content; nil for a directory no layer names
+	layer    int          // which layer's index entry and content belong to
+	ino      uint64
+	nlink    uint32
+	children map[string]*node // directories only
+}
+
+func (n *node) isDir() bool { return n.children != nil }
+
+// tree is the union of an image's layers, bottom layer first.
+type tree struct {
+	root  *node
+	nodes int
+	bytes int64 // content bytes of all distinct regular files
+}
+
+// mergeLayers applies the layers' file tables in order with OCI semantics:
+// a layer's whiteouts remove what lower layers put at a path (".wh.NAME")
+// or in a directory (".wh..wh..opq") before its own entries are added; an
+// entry replaces a lower entry of another kind and updates a lower
+// directory's metadata, keeping its children.
+func mergeLayers(layers []*index.Index, log *slog.Logger) (*tree, error) {
+	t := &tree{root: &node{children: map[string]*node{}}}
+	for li, x := range layers {
+		for i := range x.Entries {
+			e := &x.Entries[i]
+			dir, base := path.Split(e.Path)
+			if !strings.HasPrefix(base, whiteoutPrefix) {
+				continue
+			}
+			parent := t.lookup(strings.TrimSuffix(dir, "/"))
+			if parent == nil || !parent.isDir() {
+				continue
+			}
+			if base == opaqueMarker {
+				clear(parent.children)
+			} else {
+				delete(parent.children, strings.TrimPrefix(base, whiteoutPrefix))
+			}
+		}
+		for i := range x.Entries {
+			e := &x.Entries[i]
+			if strings.HasPrefix(path.Base(e.Path), whiteoutPrefix) {
+				continue
+			}
+			if err := t.add(li, e, log); err != nil {
+				return nil, fmt.Errorf("layer %d (%s): %w", li, x.Layer, err)
+			}
+		}
+	}
+	t.number()
+	return t, nil
+}
+
+// lookup returns the node at a cleaned relative path ("" is the root), or nil.
+func (t *tree) lookup(p string) *node {
+	n := t.root
+	if p == "" {
+		return n
+	}
+	for name := range strings.SplitSeq(p, "/") {
+		if !n.isDir() {
+			return nil
+		}
+		if n = n.children[name]; n == nil {
+			return nil
+		}
+	}
+	return n
+}
+
+// parentDir returns the directory that holds p, creating directories no
+// layer names; a non-directory in the way is replaced, as a later layer's
+// directory replaces a lower layer's file.
+func (t *tree) parentDir(p string) *node {
+	n := t.root
+	dir := path.Dir(p)
+	if dir == "." {
+		return n
+	}
+	for name := range strings.SplitSeq(dir, "/") {
+		child := n.children[name]
+		if child == nil || !child.isDir() {
+			child = &node{children: map[string]*node{}}
+			n.children[name] = child
+		}
+		n = child
+	}
+	return n
+}
+
+func (t *tree) add(layer int, e *index.Entry, log *slog.Logger) error {
+	parent := t.parentDir(e.Path)
+	name := path.Base(e.Path)
+	old := parent.children[name]
+	switch e.Type {
+	case index.TypeDir:
+		if old != nil && old.isDir() {
+			old.entry, old.layer = e, layer
+			return nil
+		}
+		parent.children[name] = &node{entry: e, layer: layer, children: map[string]*node{}}
+	case index.TypeHardlink:
+		target := t.lookup(e.Linkname)
+		if target == nil || target.isDir() {
+			// A link to nothing cannot be served; the rest of the layer can.
+			log.Warn("hard link target missing, entry skipped", "path", e.Path, "target", e.Linkname)
+			return nil
+		}
+		parent.children[name] = target
+	default:
+		parent.children[name] = &node{entry: e, layer: layer}
+	}
+	return nil
+}
+
+// number gives every distinct node an inode number (the root is 1) and
+// counts links, walking in a fixed order so numbers are stable per image.
+func (t *tree) number() {
+	next := uint64(1)
+	var walk func(n *node)
+	seen := map[*node]bool{}
+	walk = func(n *node) {
+		if !seen[n] {
+			seen[n] = true
+			n.ino = next
+			next++
+			t.nodes++
+			n.nlink = 0
+			if n.entry != nil && n.entry.Type == index.TypeReg {
+				t.bytes += n.entry.Size
+			}
+		}
+		if !n.isDir() {
+			n.nlink++
+			return
+		}
+		n.nlink = 2
+		for _, name := range sortedNames(n.children) {
+			c := n.children[name]
+			if c.isDir() {
+				n.nlink++
+			}
+			walk(c)
+		}
+	}
+	walk(t.root)
+}

@@ -1,0 +1,10 @@
+package fusefs
+
+import (
+	"maps"
+	"slices"
+)
+
+func sortedNames(m map[string]*node) []string {
+	return slices.Sorted(maps.Keys(m))
+}

@@ -1,0 +1,226 @@
+package index
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazyfs/lazyfs/index/internal/inflate"
+)
+
+// DefaultSpan is the uncompressed distance between frame starts when
+// BuildOptions leaves it unset: small enough that a cold read of a small
+// file fetches little, large enough that windows stay a few percent of a layer.
+const DefaultSpan = 1 << 20
+
+// BuildOptions tune index building. The zero value is usable.
+type BuildOptions struct {
+	Span int64 // uncompressed bytes between frame starts; 0 = DefaultSpan
+}
+
+var (
+	gzipMagic = []byte{0x1f, 0x8b}
+	zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+)
+
+// Build streams a whole layer blob once and returns its index. The format
+// is recognised from the blob's first bytes (gzip, zstd, else tar), so a
+// registry's media type is a hint the caller may check, never a trust.
+// layer is the blob's digest, recorded in the index; Build does not verify it
+// (the fetcher does, as the blob streams).
+func Build(ctx context.Context, layer digest.Digest, r io.Reader, opt BuildOptions) (*Index, error) {
+	span := opt.Span
+	if span <= 0 {
+		span = DefaultSpan
+	}
+	blob := &countingReader{r: &ctxReader{ctx: ctx, r: r}}
+	br := bufio.NewReaderSize(blob, 1<<16)
+	head, err := br.Peek(4)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("index %s: %w", layer, err)
+	}
+	x := &Index{Layer: layer}
+	switch {
+	case bytes.HasPrefix(head, gzipMagic):
+		x.Format = FormatGzip
+		err = buildGzip(x, br, span)
+	case bytes.HasPrefix(head, zstdMagic):
+		x.Format = FormatZstd
+		err = buildZstd(x, br, span)
+	default:
+		x.Format = FormatTar
+		err = buildTar(x, br, span)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("index %s layer %s: %w", x.Format, layer, err)
+	}
+	x.BlobSize = blob.n
+	for i := range x.Frames {
+		// Frames whose compressed end is only known now run to the blob's end.
+		if f := &x.Frames[i]; f.CompressedSize < 0 {
+			f.CompressedSize = x.BlobSize - f.CompressedOffset
+		}
+	}
+	if err := x.Validate(); err != nil {
+		return nil, fmt.Errorf("index layer %s: built an invalid index: %w", layer, err)
+	}
+	return x, nil
+}
+
+// buildTar cuts an uncompressed tar into fixed spans: a frame is a plain
+// byte range of the blob.
+func buildTar(x *Index, r io.Reader, span int64) error {
+	fw := newFrameWriter(span, func(f *Frame) {
+		f.CompressedOffset, f.CompressedSize = f.Offset, f.Size
+	})
+	entries, size, err := WalkTar(io.TeeReader(r, fw))
+	if err != nil {
+		return err
+	}
+	x.Entries, x.TarSize, x.Frames = entries, size, fw.finish()
+	return nil
+}
+
+// buildGzip decompresses the blob once with an inflater that reports deflate
+// block starts, and starts a frame at the first block start past each span.
+func buildGzip(x *Index, r io.Reader, span int64) error {
+	pr, pw := io.Pipe()
+	fw := newFrameWriter(0, nil)
+	var starts []inflate.Checkpoint
+	scanErr := make(chan error, 1)
+	go func() {
+		err := inflate.Scan(r, io.MultiWriter(fw, pw), span, func(cp inflate.Checkpoint) error {
+			fw.cut(cp.Out)
+			// An empty gzip member yields two checkpoints at one offset:
+			// resume from the later one, past the empty member.
+			if n := len(starts); n > 0 && starts[n-1].Out == cp.Out {
+				starts[n-1] = cp
+			} else {
+				starts = append(starts, cp)
+			}
+			return nil
+		})
+		pw.CloseWithError(err)
+		scanErr <- err
+	}()
+	entries, size, walkErr := WalkTar(pr)
+	pr.CloseWithError(errors.New("tar walk ended"))
+	if err := <-scanErr; err != nil {
+		return err
+	}
+	if walkErr != nil {
+		return walkErr
+	}
+	frames := fw.finish()
+	if len(frames) != len(starts) {
+		return fmt.Errorf("%w: %d frames for %d checkpoints", ErrCorrupt, len(frames), len(starts))
+	}
+	for i, cp := range starts {
+		f := &frames[i]
+		f.CompressedOffset, f.Bits, f.Window = cp.In, cp.Bits, cp.Window
+		// The last frame runs to the blob's end; the others stop after the
+		// byte that holds the next block's first bit.
+		f.CompressedSize = -1
+		if i+1 < len(starts) {
+			f.CompressedSize = starts[i+1].In + 1 - cp.In
+		}
+	}
+	x.Entries, x.TarSize, x.Frames = entries, size, frames
+	return nil
+}
+
+// buildZstd indexes a zstd layer. A single zstd frame cannot be entered in
+// the middle, so every frame of the index spans the whole blob: reading any
+// of them streams the layer once (and the reader keeps all frames it passes).
+func buildZstd(x *Index, r io.Reader, span int64) error {
+	zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<27))
+	if err != nil {
+		return err
+	}
+	defer zr.Close()
+	fw := newFrameWriter(span, func(f *Frame) { f.CompressedSize = -1 })
+	entries, size, err := WalkTar(io.TeeReader(zr, fw))
+	if err != nil {
+		return err
+	}
+	x.Entries, x.TarSize, x.Frames = entries, size, fw.finish()
+	return nil
+}
+
+// frameWriter hashes the uncompressed stream into frames. With a span it
+// cuts by itself every span bytes; otherwise the caller cuts.
+type frameWriter struct {
+	span   int64
+	adjust func(*Frame)
+	off    int64 // bytes written so far
+	start  int64 // where the open frame started
+	h      hash.Hash
+	frames []Frame
+}
+
+func newFrameWriter(span int64, adjust func(*Frame)) *frameWriter {
+	return &frameWriter{span: span, adjust: adjust, h: sha256.New()}
+}
+
+func (w *frameWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		chunk := p
+		if w.span > 0 {
+			if room := w.start + w.span - w.off; int64(len(chunk)) > room {
+				chunk = chunk[:room]
+			}
+		}
+		w.h.Write(chunk)
+		w.off += int64(len(chunk))
+		p = p[len(chunk):]
+		if w.span > 0 && w.off == w.start+w.span {
+			w.cut(w.off)
+		}
+	}
+	return n, nil
+}
+
+// cut closes the open frame at off (which must be where writing stands);
+// an empty frame is never recorded.
+func (w *frameWriter) cut(off int64) {
+	if off != w.off {
+		panic(fmt.Sprintf("index: frame cut at %d while the stream is at %d", off, w.off))
+	}
+	if off == w.start {
+		return
+	}
+	f := Frame{Offset: w.start, Size: off - w.start, Digest: digest.NewDigest(digest.SHA256, w.h)}
+	if w.adjust != nil {
+		w.adjust(&f)
+	}
+	w.frames = append(w.frames, f)
+	w.h.Reset()
+	w.start = off
+}
+
+func (w *frameWriter) finish() []Frame {
+	w.cut(w.off)
+	return w.frames
+}
+
+// ctxReader ends a long streaming read when its context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
