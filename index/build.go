@@ -120,11 +120,18 @@ func buildGzip(x *Index, r io.Reader, span int64) error {
 		return walkErr
 	}
 	frames := fw.finish()
+	// A block that starts at the very end (an empty final block) opens no frame.
+	for n := len(starts); n > 0 && starts[n-1].Out == size; n-- {
+		starts = starts[:n-1]
+	}
 	if len(frames) != len(starts) {
 		return fmt.Errorf("%w: %d frames for %d checkpoints", ErrCorrupt, len(frames), len(starts))
 	}
 	for i, cp := range starts {
 		f := &frames[i]
+		if cp.Out != f.Offset {
+			return fmt.Errorf("%w: checkpoint %d at %d, frame at %d", ErrCorrupt, i, cp.Out, f.Offset)
+		}
 		f.CompressedOffset, f.Bits, f.Window = cp.In, cp.Bits, cp.Window
 		// The last frame runs to the blob's end; the others stop after the
 		// byte that holds the next block's first bit.

@@ -20,7 +20,7 @@ func (x *Index) DecodeFrame(i int, compressed []byte) ([]byte, error) {
 	}
 	f := &x.Frames[i]
 	if int64(len(compressed)) != f.CompressedSize {
-		return nil, fmt.Errorf("decode frame %d: got %d compressed bytes, want %d", i, len(compressed), f.CompressedSize)
+		return nil, fmt.Errorf("decode frame %d: %w: got %d compressed bytes, want %d", i, ErrCorrupt, len(compressed), f.CompressedSize)
 	}
 	var r io.Reader
 	switch x.Format {
@@ -45,7 +45,7 @@ func (x *Index) DecodeFrame(i int, compressed []byte) ([]byte, error) {
 	}
 	out := make([]byte, f.Size)
 	if _, err := io.ReadFull(r, out); err != nil {
-		return nil, fmt.Errorf("decode %s frame %d [%d,+%d): %w", x.Format, i, f.Offset, f.Size, err)
+		return nil, fmt.Errorf("decode %s frame %d [%d,+%d): %w: %w", x.Format, i, f.Offset, f.Size, ErrCorrupt, err)
 	}
 	return out, nil
 }

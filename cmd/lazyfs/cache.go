@@ -53,7 +53,8 @@ func newCacheCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "Total reclaimed space: %s\n", humanBytes(res.Bytes))
+			fmt.Fprintf(g.stdout, "Deleted frames: %d\nDeleted indexes: %d\nTotal reclaimed space: %s\n",
+				res.Frames, res.Indexes, humanBytes(res.FrameBytes+res.IndexBytes))
 			return nil
 		},
 	}

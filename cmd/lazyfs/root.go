@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -24,6 +25,8 @@ type globals struct {
 	root     string
 	insecure bool
 	logLevel string
+	timeout  time.Duration
+	retries  int
 	stdout   io.Writer
 	stderr   io.Writer
 	log      *slog.Logger
@@ -54,6 +57,8 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	pf.StringVar(&g.root, "root", DefaultRoot, "directory that holds all lazyfs state")
 	pf.BoolVar(&g.insecure, "insecure", false, "allow plain HTTP and unverified TLS for registries other than localhost")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	pf.DurationVar(&g.timeout, "fetch-timeout", 30*time.Second, "deadline of each registry request")
+	pf.IntVar(&g.retries, "retries", 4, "retries of a failed registry request (connection errors, 429, 5xx)")
 	root.AddCommand(
 		newIndexCommand(g),
 		newMountCommand(g),
@@ -81,7 +86,12 @@ type parts struct {
 }
 
 func (g *globals) open() (*parts, error) {
-	client := fetch.New(fetch.Config{Insecure: g.insecure, Logger: g.log, UserAgent: "lazyfs"})
+	retries := g.retries
+	if retries == 0 {
+		retries = -1 // fetch.Config's zero means its default
+	}
+	client := fetch.New(fetch.Config{Insecure: g.insecure, Logger: g.log, UserAgent: "lazyfs",
+		RequestTimeout: g.timeout, Retries: retries})
 	store, err := cache.Open(cache.Config{Dir: filepath.Join(g.root, "cache"), Logger: g.log})
 	if err != nil {
 		return nil, fmt.Errorf("open cache under %s: %w", g.root, err)
