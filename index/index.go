@@ -22,7 +22,7 @@ type Format uint8
 const (
 	FormatTar  Format = 1 // uncompressed tar: a frame is a plain byte range
 	FormatGzip Format = 2 // gzip (one or more members) with checkpoints
-	FormatZstd Format = 3 // zstd: not seekable, one frame spans the whole blob
+	FormatZstd Format = 3 // zstd: not seekable; every frame's compressed range is the whole blob
 )
 
 func (f Format) String() string {
