@@ -1,0 +1,254 @@
+package layers
+
+import (
+	"bytes"
+	"log/slog"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazyfs/lazyfs/cache"
+	"github.com/lazyfs/lazyfs/fetch"
+	"github.com/lazyfs/lazyfs/index"
+	"github.com/lazyfs/lazyfs/internal/testutil"
+)
+
+type env struct {
+	client *fetch.Client
+	store  *cache.Store
+	r      *Resolver
+	img    *fetch.Image
+	proxy  *testutil.FaultProxy
+	layers []testutil.Layer
+}
+
+// newEnv pushes a two-layer image (gzip and uncompressed tar) to a real
+// registry behind a fault proxy and opens a resolver on a fresh root.
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	reg := testutil.StartRegistry(t)
+	ls := []testutil.Layer{
+		testutil.WriteLayer(t, []testutil.File{
+			{Path: "bin/", Mode: 0o755},
+			{Path: "bin/data", Size: 3 << 20, Seed: 1},
+		}, types.OCILayer),
+		testutil.WriteLayer(t, []testutil.File{{Path: "etc/motd", Data: []byte("hi\n")}}, types.OCIUncompressedLayer),
+	}
+	testutil.PushImage(t, reg.Addr, "test/layers:v1", ls, testutil.ImageConfig{})
+	proxy := testutil.NewFaultProxy(t, reg.Addr)
+	e := &env{proxy: proxy, layers: ls}
+	e.client = fetch.New(fetch.Config{Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	e.store = openStore(t, t.TempDir())
+	e.r = NewResolver(Config{Client: e.client, Store: e.store, Build: index.BuildOptions{Span: 256 << 10}})
+	img, err := e.client.Resolve(t.Context(), proxy.Addr+"/test/layers:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.img = img
+	return e
+}
+
+func openStore(t testing.TB, root string) *cache.Store {
+	t.Helper()
+	s, err := cache.Open(cache.Config{Dir: filepath.Join(root, "cache")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func origins(ls []Layer) []Origin {
+	var out []Origin
+	for _, l := range ls {
+		out = append(out, l.Origin)
+	}
+	return out
+}
+
+func TestLayersFindsIndexesInOrder(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+
+	built, err := e.r.Layers(ctx, e.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := origins(built); got[0] != OriginBuilt || got[1] != OriginBuilt {
+		t.Errorf("first Layers() origins = %v, want built (no index anywhere)", got)
+	}
+	again, err := e.r.Layers(ctx, e.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := origins(again); got[0] != OriginLocal || got[1] != OriginLocal {
+		t.Errorf("second Layers() origins = %v, want local", got)
+	}
+
+	if _, err := e.r.Push(ctx, e.img, built); err != nil {
+		t.Fatalf("Push: %v", err)
+	}
+	// A machine with an empty root finds the pushed index without reading
+	// any layer blob.
+	other := NewResolver(Config{Client: e.client, Store: openStore(t, t.TempDir())})
+	e.proxy.ClearStats()
+	remote, err := other.Layers(ctx, e.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := origins(remote); got[0] != OriginRegistry || got[1] != OriginRegistry {
+		t.Errorf("Layers() on a fresh root = %v, want registry", got)
+	}
+	for _, l := range e.layers {
+		if n := e.proxy.Stats().Blobs[l.Digest].Bytes; n != 0 {
+			t.Errorf("finding the pushed index read %d bytes of layer %s", n, l.Digest)
+		}
+	}
+	for i := range remote {
+		if remote[i].Index.Layer != built[i].Index.Layer || len(remote[i].Index.Frames) != len(built[i].Index.Frames) {
+			t.Errorf("layer %d: registry index differs from the built one", i)
+		}
+	}
+
+	lookups, err := other.Inspect(ctx, e.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range lookups {
+		if !l.Local || l.Remote == nil || !l.Lazy || l.Artifact == nil {
+			t.Errorf("Inspect layer %d = %+v, want local, remote and lazy", i, l)
+		}
+	}
+}
+
+func TestDamagedLocalIndexIsFoundAgain(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.r.Layers(t.Context(), e.img); err != nil {
+		t.Fatal(err)
+	}
+	d := e.img.Manifest.Layers[0].Digest
+	if err := e.store.PutIndex(d, []byte("LZFSIDX\x00garbage")); err != nil {
+		t.Fatal(err)
+	}
+	ls, err := e.r.Layers(t.Context(), e.img)
+	if err != nil {
+		t.Fatalf("Layers with a damaged local index: %v", err)
+	}
+	if ls[0].Origin != OriginBuilt || ls[1].Origin != OriginLocal {
+		t.Errorf("origins = %v, want the damaged one rebuilt, the other local", origins(ls))
+	}
+}
+
+func TestSourceServesVerifiedFrames(t *testing.T) {
+	e := newEnv(t)
+	ls, err := e.r.Layers(t.Context(), e.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := NewSource(e.client, e.img.Repo, e.store, nil)
+	x := ls[0].Index
+	want := make([]byte, 3<<20)
+	testutil.PatternAt(1, 0, want)
+	var file *index.Entry
+	for i := range x.Entries {
+		if x.Entries[i].Path == "bin/data" {
+			file = &x.Entries[i]
+		}
+	}
+	if file == nil {
+		t.Fatal("bin/data not in the index")
+	}
+	e.proxy.ClearStats()
+	e.proxy.Corrupt(1)
+	first, end := x.FramesFor(file.Offset+1<<20, 1)
+	for i := first; i < end; i++ {
+		data, err := src.Frame(t.Context(), x, i)
+		if err != nil {
+			t.Fatalf("Frame(%d) after one corrupted answer: %v", i, err)
+		}
+		f := x.Frames[i]
+		if digest.FromBytes(data) != f.Digest {
+			t.Fatalf("Frame(%d) returned bytes that do not match its digest", i)
+		}
+		lo := max(f.Offset, file.Offset) - file.Offset
+		hi := min(f.Offset+f.Size, file.Offset+file.Size) - file.Offset
+		if !bytes.Equal(data[lo+file.Offset-f.Offset:hi+file.Offset-f.Offset], want[lo:hi]) {
+			t.Fatalf("Frame(%d) content differs from the file", i)
+		}
+	}
+	st := e.proxy.Stats().Blobs[x.Layer]
+	if st.Requests != 2 {
+		t.Errorf("layer blob requests = %d (%v), want 2 (one corrupted, one good)", st.Requests, st.Ranges)
+	}
+	if st.Bytes > 2*x.Frames[first].CompressedSize {
+		t.Errorf("fetched %d bytes for one frame of %d compressed bytes", st.Bytes, x.Frames[first].CompressedSize)
+	}
+	// A second read is served from the cache.
+	e.proxy.ClearStats()
+	if _, err := src.Frame(t.Context(), x, first); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.proxy.Stats().BlobRequests; n != 0 {
+		t.Errorf("a cached frame caused %d blob requests", n)
+	}
+}
+
+func TestDownloadedIndexMustMatchLayer(t *testing.T) {
+	e := newEnv(t)
+	built, err := e.r.Build(t.Context(), e.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Publish layer 1's index under layer 0's name: a reader must refuse it.
+	swapped := []Layer{{Desc: built[0].Desc, Index: built[1].Index}, {Desc: built[1].Desc, Index: built[0].Index}}
+	if _, err := e.r.Push(t.Context(), e.img, swapped); err != nil {
+		t.Fatal(err)
+	}
+	other := NewResolver(Config{Client: e.client, Store: openStore(t, t.TempDir())})
+	if _, err := other.Layers(t.Context(), e.img); err == nil {
+		t.Errorf("Layers accepted an index that describes another layer")
+	}
+}
+
+// BenchmarkFrameRead reads one 1 MiB gzip frame of a real registry's
+// layer: cold (Range GET over loopback, inflate from a checkpoint, verify,
+// store) and warm (memory tier).
+func BenchmarkFrameRead(b *testing.B) {
+	e := newEnv(b)
+	ls, err := e.r.Layers(b.Context(), e.img)
+	if err != nil {
+		b.Fatal(err)
+	}
+	x := ls[0].Index
+	i := len(x.Frames) / 2
+	size := x.Frames[i].Size
+	b.Run("cold", func(b *testing.B) {
+		b.SetBytes(size)
+		b.ReportAllocs()
+		for b.Loop() {
+			b.StopTimer()
+			store := openStore(b, b.TempDir())
+			src := NewSource(e.client, e.img.Repo, store, nil)
+			b.StartTimer()
+			if _, err := src.Frame(b.Context(), x, i); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(x.Frames[i].CompressedSize), "remote-B/op")
+	})
+	b.Run("warm", func(b *testing.B) {
+		src := NewSource(e.client, e.img.Repo, openStore(b, b.TempDir()), nil)
+		if _, err := src.Frame(b.Context(), x, i); err != nil {
+			b.Fatal(err)
+		}
+		b.SetBytes(size)
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := src.Frame(b.Context(), x, i); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
