@@ -375,3 +375,40 @@ func TestUsageErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestMountLargeImage is the differential test at size: one layer with a
+// 1 GiB file, another with 50 000 small files in 500 directories.
+func TestMountLargeImage(t *testing.T) {
+	requireFUSE(t)
+	if testing.Short() {
+		t.Skip("-short: skips the 1 GiB layer")
+	}
+	reg := testutil.StartRegistry(t)
+	var small []testutil.File
+	for d := range 500 {
+		dir := fmt.Sprintf("usr/share/pkg%03d/", d)
+		small = append(small, testutil.File{Path: dir})
+		for f := range 100 {
+			small = append(small, testutil.File{Path: fmt.Sprintf("%sfile%03d", dir, f), Size: int64(f * 37), Seed: int64(d*100 + f)})
+		}
+	}
+	layers := []testutil.Layer{
+		testutil.WriteLayer(t, []testutil.File{{Path: "opt/big.bin", Size: 1 << 30, Seed: 3}}, types.OCILayer),
+		testutil.WriteLayer(t, small, types.OCILayer),
+	}
+	ref, _ := testutil.PushImage(t, reg.Addr, "test/large:v1", layers, testutil.ImageConfig{})
+	want := t.TempDir()
+	testutil.UnpackLayers(t, want, layers)
+
+	root := t.TempDir()
+	start := time.Now()
+	mustLazyfs(t, "index", "--root", root, ref)
+	t.Logf("indexed 1 GiB + 50 000 files in %v", time.Since(start))
+	start = time.Now()
+	m := mount(t, root, ref)
+	t.Logf("mounted in %v", time.Since(start))
+	start = time.Now()
+	testutil.CompareTreesWith(t, want, m.dir, testutil.CompareOptions{IgnoreRootMeta: true})
+	t.Logf("compared both trees in %v", time.Since(start))
+	m.stop(t)
+}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/docker/go-units"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -22,14 +23,15 @@ const DefaultRoot = "/var/lib/lazyfs"
 
 // globals are the flags every command takes.
 type globals struct {
-	root     string
-	insecure bool
-	logLevel string
-	timeout  time.Duration
-	retries  int
-	stdout   io.Writer
-	stderr   io.Writer
-	log      *slog.Logger
+	root      string
+	insecure  bool
+	logLevel  string
+	timeout   time.Duration
+	cacheSize string
+	retries   int
+	stdout    io.Writer
+	stderr    io.Writer
+	log       *slog.Logger
 }
 
 type usageError struct{ error }
@@ -58,6 +60,7 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 	pf.BoolVar(&g.insecure, "insecure", false, "allow plain HTTP and unverified TLS for registries other than localhost")
 	pf.StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	pf.DurationVar(&g.timeout, "fetch-timeout", 30*time.Second, "deadline of each registry request")
+	pf.StringVar(&g.cacheSize, "cache-size", "0", "frames kept on disk before the least recently used are evicted (e.g. 20GB); 0 = no limit")
 	pf.IntVar(&g.retries, "retries", 4, "retries of a failed registry request (connection errors, 429, 5xx)")
 	root.AddCommand(
 		newIndexCommand(g),
@@ -92,7 +95,11 @@ func (g *globals) open() (*parts, error) {
 	}
 	client := fetch.New(fetch.Config{Insecure: g.insecure, Logger: g.log, UserAgent: "lazyfs",
 		RequestTimeout: g.timeout, Retries: retries})
-	store, err := cache.Open(cache.Config{Dir: filepath.Join(g.root, "cache"), Logger: g.log})
+	maxDisk, err := units.RAMInBytes(g.cacheSize)
+	if err != nil || maxDisk < 0 {
+		return nil, usageError{fmt.Errorf("--cache-size %q: want a size such as 20GB or 0", g.cacheSize)}
+	}
+	store, err := cache.Open(cache.Config{Dir: filepath.Join(g.root, "cache"), Logger: g.log, MaxDiskBytes: maxDisk})
 	if err != nil {
 		return nil, fmt.Errorf("open cache under %s: %w", g.root, err)
 	}
