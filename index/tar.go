@@ -73,7 +73,7 @@ func entryFromHeader(hdr *tar.Header, dataOffset int64) (Entry, bool, error) {
 		return Entry{}, false, fmt.Errorf("%w: owner %d:%d out of range", ErrUnsupported, hdr.Uid, hdr.Gid)
 	}
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeRegA, tar.TypeCont:
+	case tar.TypeReg, tar.TypeCont: // the reader already maps the old TypeRegA
 		e.Type = TypeReg
 		e.Size = hdr.Size
 		e.Offset = dataOffset

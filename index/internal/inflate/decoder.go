@@ -8,12 +8,15 @@ import (
 )
 
 const (
-	windowSize = 1 << 15        // the farthest a deflate back-reference reaches
-	maxMatch   = 258            // the longest deflate back-reference
-	histSize   = 3 * windowSize // a window to keep, and room to decode into
-	inSize     = 1 << 15
-	maxLit     = 286 // literal/length symbols a dynamic block may give lengths for
-	maxDist    = 30  // distance symbols a dynamic block may give lengths for
+	windowSize = 1 << 15 // the farthest a deflate back-reference reaches
+	maxMatch   = 258     // the longest deflate back-reference
+	maxLit     = 286     // literal/length symbols a dynamic block may give lengths for
+	maxDist    = 30      // distance symbols a dynamic block may give lengths for
+
+	// histSize holds a window for back-references and two windows of room to
+	// decode into, so sliding copies one byte per two decoded.
+	histSize = 3 * windowSize
+	inSize   = 1 << 15 // input buffer
 )
 
 // gzip header flags (RFC 1952 section 2.3.1).
@@ -74,10 +77,9 @@ type decoder struct {
 	base    int   // hist index where the current member's output starts (0 if earlier)
 	histOff int64 // uncompressed stream offset of hist[0]
 
-	// Member checks. crc covers hist[base:crcPos] and everything of the
-	// member that slid out of hist before.
-	checkSums   bool // false for the member a resumed reader starts in
-	crc         uint32
+	// Member checks.
+	checkSums   bool   // false for the member a resumed reader starts in
+	crc         uint32 // CRC-32 of the member's output before hist[crcPos]
 	crcPos      int
 	memberStart int64 // uncompressed stream offset where the member starts
 

@@ -12,8 +12,8 @@ import (
 // stored blocks, dynamic codes of any shape up to 15 bits, degenerate and empty
 // distance codes, code length runs, matches reaching to the farthest byte of
 // the member's history, several members with optional header fields, and zero
-// padding at the end.
-func genStream(prog []byte) (gz, out []byte) {
+// padding at the end (pad bytes, which compress/gzip does not accept).
+func genStream(prog []byte) (gz, out []byte, pad int) {
 	g := &gen{prog: prog}
 	members := 1 + int(g.next()%3)
 	for m := 0; m < members; m++ {
@@ -45,8 +45,8 @@ func genStream(prog []byte) (gz, out []byte) {
 		gz = binary.LittleEndian.AppendUint32(gz, crc32.ChecksumIEEE(g.out[start:]))
 		gz = binary.LittleEndian.AppendUint32(gz, uint32(len(g.out)-start))
 	}
-	gz = append(gz, make([]byte, g.next()%4)...)
-	return gz, g.out
+	pad = int(g.next() % 4)
+	return append(gz, make([]byte, pad)...), g.out, pad
 }
 
 type gen struct {
@@ -278,10 +278,11 @@ func (g *gen) shape(used map[int]bool, limit int, maxLen uint8) []uint8 {
 		depths[i]++
 		depths = append(depths, depths[i])
 	}
-	lens := make([]uint8, max(syms[len(syms)-1]+1, limit-limit+min(limit, 257)))
-	if limit < 257 {
-		lens = lens[:syms[len(syms)-1]+1]
+	n := syms[len(syms)-1] + 1
+	if limit == maxLit {
+		n = max(n, 257) // HLIT counts from 257
 	}
+	lens := make([]uint8, n)
 	for i, s := range syms {
 		lens[s] = depths[i]
 	}
