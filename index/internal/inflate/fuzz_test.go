@@ -159,24 +159,6 @@ func FuzzResume(f *testing.F) {
 	})
 }
 
-// expand turns each byte of p below 224 into a word and a space, and keeps
-// the others: text-like data about six times as long.
-func expand(p []byte) []byte {
-	words := []string{"lazy", "frame", "layer", "registry", "fuse", "inode", "gzip", "window",
-		"checkpoint", "block", "the", "of", "and", "container", "image", "snapshot",
-		"overlay", "mount", "digest", "sha256", "manifest", "config", "\n", "usr/lib"}
-	var out []byte
-	for _, c := range p {
-		if c < 224 {
-			out = append(out, words[int(c)%len(words)]...)
-			out = append(out, ' ')
-		} else {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
 // FuzzNewReader resumes at a made-up checkpoint in arbitrary bytes: it must
 // not panic, hang or use unbounded memory.
 func FuzzNewReader(f *testing.F) {
