@@ -16,10 +16,14 @@ var allowed = map[string][]string{
 	"cache":                  {"index"},
 	"fusefs":                 {"index"},
 	"layers":                 {"index", "fetch", "cache"},
-	"runtime":                {"fusefs", "fetch", "index", "layers", "cache"},
+	"runtime":                {"fusefs", "fetch", "index", "layers", "cache", "runtime/spec", "runtime/cgroup"},
+	"runtime/spec":           {},
+	"runtime/cgroup":         {},
 	"bench":                  nil, // anything
 	"cmd/lazyfs":             nil,
 	"cmd/lazyrun":            nil,
+	"internal/cli":           {"cache", "fetch", "layers"},
+	"internal/fsops":         nil,
 	"internal/testutil":      nil,
 }
 

@@ -8,9 +8,10 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lazyfs/lazyfs/cache"
+	"github.com/lazyfs/lazyfs/internal/cli"
 )
 
-func newCacheCommand(g *globals) *cobra.Command {
+func newCacheCommand(g *cli.Globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cache stats|prune",
 		Short: "Show or shrink the frame cache shared by all mounts",
@@ -18,14 +19,14 @@ func newCacheCommand(g *globals) *cobra.Command {
 	stats := &cobra.Command{
 		Use:   "stats [--root DIR]",
 		Short: "Show what the cache holds",
-		Args:  exactArgs(0, "no arguments"),
+		Args:  cli.ExactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			u, err := cache.Usage(filepath.Join(g.root, "cache"))
+			u, err := cache.Usage(filepath.Join(g.Root, "cache"))
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "root:     %s\nframes:   %d (%s)\nindexes:  %d (%s)\n",
-				g.root, u.Frames, humanBytes(u.FrameBytes), u.Indexes, humanBytes(u.IndexBytes))
+			fmt.Fprintf(g.Stdout, "root:     %s\nframes:   %d (%s)\nindexes:  %d (%s)\n",
+				g.Root, u.Frames, cli.HumanBytes(u.FrameBytes), u.Indexes, cli.HumanBytes(u.IndexBytes))
 			return nil
 		},
 	}
@@ -34,17 +35,17 @@ func newCacheCommand(g *globals) *cobra.Command {
 	prune := &cobra.Command{
 		Use:   "prune [--root DIR] [--keep-storage SIZE] [--all]",
 		Short: "Remove least recently used frames (frames are fetched again when read)",
-		Args:  exactArgs(0, "no arguments"),
+		Args:  cli.ExactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var keepBytes int64
 			if keep != "" {
 				n, err := units.RAMInBytes(keep)
 				if err != nil {
-					return usageError{fmt.Errorf("--keep-storage %q: %w", keep, err)}
+					return cli.UsageError{Err: fmt.Errorf("--keep-storage %q: %w", keep, err)}
 				}
 				keepBytes = n
 			}
-			s, err := cache.Open(cache.Config{Dir: filepath.Join(g.root, "cache"), Logger: g.log, MemoryBytes: -1})
+			s, err := cache.Open(cache.Config{Dir: filepath.Join(g.Root, "cache"), Logger: g.Log, MemoryBytes: -1})
 			if err != nil {
 				return err
 			}
@@ -53,8 +54,8 @@ func newCacheCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "Deleted frames: %d\nDeleted indexes: %d\nTotal reclaimed space: %s\n",
-				res.Frames, res.Indexes, humanBytes(res.FrameBytes+res.IndexBytes))
+			fmt.Fprintf(g.Stdout, "Deleted frames: %d\nDeleted indexes: %d\nTotal reclaimed space: %s\n",
+				res.Frames, res.Indexes, cli.HumanBytes(res.FrameBytes+res.IndexBytes))
 			return nil
 		},
 	}

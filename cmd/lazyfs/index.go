@@ -10,10 +10,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lazyfs/lazyfs/index"
+	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/layers"
 )
 
-func newIndexCommand(g *globals) *cobra.Command {
+func newIndexCommand(g *cli.Globals) *cobra.Command {
 	var push bool
 	var span int64
 	cmd := &cobra.Command{
@@ -23,15 +24,15 @@ func newIndexCommand(g *globals) *cobra.Command {
 and the frames that let any byte range be read without the rest of the layer.
 The indexes are kept under --root; with --push they are also pushed as one OCI
 artifact whose subject is the image manifest, so every machine finds them.`,
-		Args: exactArgs(1, "one image reference"),
+		Args: cli.ExactArgs(1, "one image reference"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			p, err := g.open()
+			p, err := g.Open()
 			if err != nil {
 				return err
 			}
 			defer p.Close()
-			img, err := p.client.Resolve(ctx, args[0])
+			img, err := p.Client.Resolve(ctx, args[0])
 			if err != nil {
 				return err
 			}
@@ -39,10 +40,10 @@ artifact whose subject is the image manifest, so every machine finds them.`,
 			for _, l := range img.Manifest.Layers {
 				total += l.Size
 			}
-			cfg := layers.Config{Client: p.client, Store: p.store, Logger: g.log, Build: index.BuildOptions{Span: span}}
-			if isTerminal(g.stderr) {
+			cfg := layers.Config{Client: p.Client, Store: p.Store, Logger: g.Log, Build: index.BuildOptions{Span: span}}
+			if cli.IsTerminal(g.Stderr) {
 				bar := progressbar.NewOptions64(total,
-					progressbar.OptionSetWriter(g.stderr),
+					progressbar.OptionSetWriter(g.Stderr),
 					progressbar.OptionSetDescription("indexing "+args[0]),
 					progressbar.OptionShowBytes(true),
 					progressbar.OptionClearOnFinish(),
@@ -53,25 +54,25 @@ artifact whose subject is the image manifest, so every machine finds them.`,
 			if err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			tw := tabwriter.NewWriter(g.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "LAYER\tFORMAT\tSIZE\tENTRIES\tFRAMES\tINDEX")
 			for _, l := range built {
 				data, err := l.Index.MarshalBinary()
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", shortDigest(l.Desc.Digest), l.Index.Format,
-					humanBytes(l.Desc.Size), len(l.Index.Entries), len(l.Index.Frames), humanBytes(int64(len(data))))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", cli.ShortDigest(l.Desc.Digest), l.Index.Format,
+					cli.HumanBytes(l.Desc.Size), len(l.Index.Entries), len(l.Index.Frames), cli.HumanBytes(int64(len(data))))
 			}
 			tw.Flush()
 			if !push {
 				return nil
 			}
-			desc, err := p.resolver.Push(ctx, img, built)
+			desc, err := p.Resolver.Push(ctx, img, built)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "pushed index %s for %s@%s\n", desc.Digest, img.Repo, img.Digest)
+			fmt.Fprintf(g.Stdout, "pushed index %s for %s@%s\n", desc.Digest, img.Repo, img.Digest)
 			return nil
 		},
 	}

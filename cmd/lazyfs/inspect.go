@@ -4,38 +4,39 @@ import (
 	"fmt"
 	"text/tabwriter"
 
+	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 )
 
-func newInspectCommand(g *globals) *cobra.Command {
+func newInspectCommand(g *cli.Globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "inspect [--root DIR] [--insecure] REF",
 		Short: "Show an image's layers and how each will be read",
-		Args:  exactArgs(1, "one image reference"),
+		Args:  cli.ExactArgs(1, "one image reference"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			p, err := g.open()
+			p, err := g.Open()
 			if err != nil {
 				return err
 			}
 			defer p.Close()
-			img, err := p.client.Resolve(ctx, args[0])
+			img, err := p.Client.Resolve(ctx, args[0])
 			if err != nil {
 				return err
 			}
-			ls, err := p.resolver.Inspect(ctx, img)
+			ls, err := p.Resolver.Inspect(ctx, img)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "image:    %s\ndigest:   %s\nplatform: %s/%s\n", args[0], img.Digest, img.Config.OS, img.Config.Architecture)
+			fmt.Fprintf(g.Stdout, "image:    %s\ndigest:   %s\nplatform: %s/%s\n", args[0], img.Digest, img.Config.OS, img.Config.Architecture)
 			if len(ls) > 0 && ls[0].Artifact != nil {
-				fmt.Fprintf(g.stdout, "index:    %s\n", ls[0].Artifact.Digest)
+				fmt.Fprintf(g.Stdout, "index:    %s\n", ls[0].Artifact.Digest)
 			} else {
-				fmt.Fprintf(g.stdout, "index:    none in the registry (lazyfs index --push %s builds one)\n", args[0])
+				fmt.Fprintf(g.Stdout, "index:    none in the registry (lazyfs index --push %s builds one)\n", args[0])
 			}
-			fmt.Fprintln(g.stdout)
-			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(g.Stdout)
+			tw := tabwriter.NewWriter(g.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "LAYER\tMEDIA TYPE\tSIZE\tINDEX\tPATH")
 			for _, l := range ls {
 				where := "none"
@@ -52,18 +53,18 @@ func newInspectCommand(g *globals) *cobra.Command {
 				case where == "none":
 					path = "lazy, after streaming the layer once to index it"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", shortDigest(l.Desc.Digest), l.Desc.MediaType, humanBytes(l.Desc.Size), where, path)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", cli.ShortDigest(l.Desc.Digest), l.Desc.MediaType, cli.HumanBytes(l.Desc.Size), where, path)
 			}
 			return tw.Flush()
 		},
 	}
 }
 
-func newUmountCommand(g *globals) *cobra.Command {
+func newUmountCommand(g *cli.Globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "umount MOUNTPOINT",
 		Short: "Unmount a lazyfs mount (its lazyfs mount process then exits)",
-		Args:  exactArgs(1, "one mount point"),
+		Args:  cli.ExactArgs(1, "one mount point"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := unix.Unmount(args[0], 0); err != nil {
 				return fmt.Errorf("unmount %s: %w", args[0], err)

@@ -4,13 +4,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
+
+	"github.com/lazyfs/lazyfs/internal/cli"
 )
 
 func main() {
@@ -27,8 +27,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmd.SetArgs(args)
 	if err := cmd.ExecuteContext(ctx); err != nil {
 		fmt.Fprintf(stderr, "lazyfs: %v\n", err)
-		var usage usageError
-		if errors.As(err, &usage) || strings.HasPrefix(err.Error(), "unknown ") {
+		if cli.IsUsage(err) {
 			return 2
 		}
 		return 1

@@ -9,10 +9,11 @@ import (
 
 	"github.com/lazyfs/lazyfs/fusefs"
 	"github.com/lazyfs/lazyfs/index"
+	"github.com/lazyfs/lazyfs/internal/cli"
 	"github.com/lazyfs/lazyfs/layers"
 )
 
-func newMountCommand(g *globals) *cobra.Command {
+func newMountCommand(g *cli.Globals) *cobra.Command {
 	var debug bool
 	cmd := &cobra.Command{
 		Use:   "mount [--root DIR] [--insecure] REF MOUNTPOINT",
@@ -21,7 +22,7 @@ func newMountCommand(g *globals) *cobra.Command {
 foreground. The mount is ready when MOUNTPOINT is a mount point. SIGINT or
 SIGTERM (or 'lazyfs umount MOUNTPOINT') unmounts it; on exit it reports the
 bytes and requests fetched and the cache hits.`,
-		Args: exactArgs(2, "an image reference and a mount point"),
+		Args: cli.ExactArgs(2, "an image reference and a mount point"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			ref, dir := args[0], args[1]
@@ -29,34 +30,34 @@ bytes and requests fetched and the cache hits.`,
 				return fmt.Errorf("mount point %s: not a directory", dir)
 			}
 			start := time.Now()
-			p, err := g.open()
+			p, err := g.Open()
 			if err != nil {
 				return err
 			}
 			defer p.Close()
-			img, err := p.client.Resolve(ctx, ref)
+			img, err := p.Client.Resolve(ctx, ref)
 			if err != nil {
 				return err
 			}
-			ls, err := p.resolver.Layers(ctx, img)
+			ls, err := p.Resolver.Layers(ctx, img)
 			if err != nil {
 				return err
 			}
 			idxs := make([]*index.Index, len(ls))
 			for i, l := range ls {
 				idxs[i] = l.Index
-				g.log.Debug("layer ready", "layer", l.Desc.Digest, "origin", l.Origin)
+				g.Log.Debug("layer ready", "layer", l.Desc.Digest, "origin", l.Origin)
 			}
-			src := layers.NewSource(p.client, img.Repo, p.store, g.log)
+			src := layers.NewSource(p.Client, img.Repo, p.Store, g.Log)
 			m, err := fusefs.MountLayers(dir, idxs, src, fusefs.Config{
 				FSName: "lazyfs:" + ref,
-				Logger: g.log,
+				Logger: g.Log,
 				Debug:  debug,
 			})
 			if err != nil {
 				return err
 			}
-			g.log.Info("mounted", "image", ref, "digest", img.Digest, "path", dir, "layers", len(ls), "dur", time.Since(start).Round(time.Millisecond))
+			g.Log.Info("mounted", "image", ref, "digest", img.Digest, "path", dir, "layers", len(ls), "dur", time.Since(start).Round(time.Millisecond))
 			done := make(chan struct{})
 			go func() { m.Wait(); close(done) }()
 			select {
@@ -67,9 +68,9 @@ bytes and requests fetched and the cache hits.`,
 				}
 				<-done
 			}
-			fs, cs := p.client.Stats(), p.store.Stats()
-			fmt.Fprintf(g.stderr, "lazyfs: unmounted %s: fetched %s in %d requests (%d retries); cache: %d memory hits, %d disk hits, %d misses\n",
-				dir, humanBytes(fs.BytesFetched), fs.Requests, fs.Retries, cs.MemoryHits, cs.DiskHits, cs.Misses)
+			fs, cs := p.Client.Stats(), p.Store.Stats()
+			fmt.Fprintf(g.Stderr, "lazyfs: unmounted %s: fetched %s in %d requests (%d retries); cache: %d memory hits, %d disk hits, %d misses\n",
+				dir, cli.HumanBytes(fs.BytesFetched), fs.Requests, fs.Retries, cs.MemoryHits, cs.DiskHits, cs.Misses)
 			return nil
 		},
 	}
