@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"strconv"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	"github.com/lazyfs/lazyfs/index"
 )
@@ -70,6 +73,10 @@ func MountLayers(dir string, layers []*index.Index, src FrameSource, cfg Config)
 			// The kernel checks permissions from the modes we report, as
 			// on any local file system; "ro" makes it refuse writes itself.
 			Options: []string{"ro", "default_permissions"},
+			// Containers run programs as any user: let the kernel's
+			// permission checks (default_permissions) decide, not the
+			// mounter's uid.
+			AllowOther: true,
 			Debug:   cfg.Debug,
 		},
 		EntryTimeout:    &timeout,
@@ -85,7 +92,29 @@ func MountLayers(dir string, layers []*index.Index, src FrameSource, cfg Config)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
+	closeFuseOnExec(log)
 	return &Mount{Dir: dir, server: server}, nil
+}
+
+// closeFuseOnExec marks this process's /dev/fuse descriptors close-on-exec.
+// go-fuse opens /dev/fuse without O_CLOEXEC, so every program this process
+// starts afterwards (a container's init, say) would otherwise hold the
+// connection open: the mount then outlives its server and reads hang.
+func closeFuseOnExec(log *slog.Logger) {
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		log.Warn("cannot list open files to mark /dev/fuse close-on-exec", "err", err)
+		return
+	}
+	for _, d := range fds {
+		fd, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if target, err := os.Readlink("/proc/self/fd/" + d.Name()); err == nil && target == "/dev/fuse" {
+			unix.CloseOnExec(fd)
+		}
+	}
 }
 
 // populate creates the kernel-visible inodes for the whole tree up front:
