@@ -1,0 +1,308 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"golang.org/x/sys/unix"
+
+	"github.com/lazyfs/lazyfs/internal/testutil"
+)
+
+// The end-to-end tests run the real lazyrun binary: it mounts a busybox
+// image from Debian's docker-registry and runs real programs in real
+// containers. This test process never touches the FUSE mounts itself.
+
+var lazyrunBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "lazyrun-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	lazyrunBin = filepath.Join(dir, "lazyrun")
+	build := exec.Command("go", "build", "-o", lazyrunBin, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build lazyrun:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	_, err := os.Stat("/dev/fuse")
+	if err == nil && os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("LAZYFS_REQUIRE_FUSE") == "1" {
+		t.Fatalf("containers need root and /dev/fuse: %v", err)
+	}
+	t.Skipf("containers need root and /dev/fuse: %v", err)
+}
+
+// env is a registry with a busybox image and a lazyrun root.
+type env struct {
+	root string
+	ref  string
+}
+
+func newEnv(t *testing.T, cfg v1.Config) *env {
+	t.Helper()
+	requireRoot(t)
+	reg := testutil.StartRegistry(t)
+	layer := testutil.WriteLayerDir(t, testutil.BusyboxRoot(t), types.OCILayer)
+	ref, _ := testutil.PushImage(t, reg.Addr, "busybox", []testutil.Layer{layer}, testutil.ImageConfig{Config: cfg})
+	e := &env{root: t.TempDir(), ref: ref}
+	t.Cleanup(func() { e.checkClean(t) })
+	return e
+}
+
+// checkClean fails the test if a container of this root left a mount or a
+// cgroup behind.
+func (e *env) checkClean(t *testing.T) {
+	t.Helper()
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(mi)) {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], e.root) {
+			t.Errorf("mount left behind: %s", f[4])
+			syscall.Unmount(f[4], syscall.MNT_DETACH)
+		}
+	}
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// lazyrun runs one lazyrun command to completion with the env's root.
+func (e *env) lazyrun(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, lazyrunBin, append([]string{"--root", e.root}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdin = strings.NewReader(stdin)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	r := result{stdout: out.String(), stderr: errb.String()}
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		r.code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("lazyrun %s: %v", strings.Join(args, " "), err)
+	}
+	return r
+}
+
+func (e *env) mustRun(t *testing.T, args ...string) string {
+	t.Helper()
+	r := e.lazyrun(t, "", args...)
+	if r.code != 0 {
+		t.Fatalf("lazyrun %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), r.code, r.stdout, r.stderr)
+	}
+	return r.stdout
+}
+
+func TestRunBusybox(t *testing.T) {
+	e := newEnv(t, v1.Config{Env: []string{"IMAGE_VAR=from-image", "PATH=/bin"}, Cmd: []string{"sh"}})
+
+	t.Run("output and exit code", func(t *testing.T) {
+		r := e.lazyrun(t, "", "run", "--rm", e.ref, "sh", "-c", "echo hello; echo oops >&2; exit 3")
+		if r.code != 3 || r.stdout != "hello\n" || !strings.Contains(r.stderr, "oops") {
+			t.Fatalf("run = exit %d, stdout %q, stderr %q; want 3, \"hello\\n\", oops", r.code, r.stdout, r.stderr)
+		}
+	})
+	t.Run("config and flags", func(t *testing.T) {
+		out := e.mustRun(t, "run", "--rm", "-e", "FOO=bar", "-w", "/tmp/work", "-u", "1000:1000",
+			"--hostname", "box", e.ref, "sh", "-c", `echo $FOO $IMAGE_VAR; pwd; id -u; id -g; hostname; cat /etc/hostname; grep PPid /proc/$$/status`)
+		want := "bar from-image\n/tmp/work\n1000\n1000\nbox\nbox\nPPid:\t1\n"
+		if out != want {
+			t.Errorf("output = %q, want %q", out, want)
+		}
+	})
+	t.Run("image command and stdin", func(t *testing.T) {
+		r := e.lazyrun(t, "echo from stdin\nexit 7\n", "run", "--rm", "-i", e.ref)
+		if r.code != 7 || r.stdout != "from stdin\n" {
+			t.Errorf("run -i = exit %d, stdout %q; want 7, \"from stdin\\n\"", r.code, r.stdout)
+		}
+	})
+	t.Run("namespaces and mounts", func(t *testing.T) {
+		out := e.mustRun(t, "run", "--rm", "--net=none", e.ref, "sh", "-c",
+			`cat /proc/1/cmdline | tr '\0' ' '; echo; ls /sys/class/net; ls /dev | tr '\n' ' '; echo; `+
+				`touch /sys/x 2>/dev/null || echo sys read-only; grep -c . /etc/hosts >/dev/null && echo hosts`)
+		for _, want := range []string{"lazyrun-init", "\nlo\n", "null", "pts", "shm", "urandom", "sys read-only", "hosts"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+	})
+	t.Run("not found", func(t *testing.T) {
+		r := e.lazyrun(t, "", "run", "--rm", e.ref, "no-such-program")
+		if r.code != 127 || !strings.Contains(r.stderr, "no-such-program") {
+			t.Errorf("run no-such-program = exit %d, stderr %q; want 127 naming it", r.code, r.stderr)
+		}
+		r = e.lazyrun(t, "", "run", "--rm", e.ref, "/etc/passwd")
+		if r.code != 126 {
+			t.Errorf("run /etc/passwd = exit %d, stderr %q; want 126", r.code, r.stderr)
+		}
+		r = e.lazyrun(t, "", "run", "--rm", "-u", "nosuchuser", e.ref, "true")
+		if r.code != 125 || !strings.Contains(r.stderr, "nosuchuser") {
+			t.Errorf("run -u nosuchuser = exit %d, stderr %q; want 125 naming the user", r.code, r.stderr)
+		}
+		r = e.lazyrun(t, "", "run", "--bogus-flag", e.ref)
+		if r.code != 125 {
+			t.Errorf("run --bogus-flag = exit %d; want 125", r.code)
+		}
+	})
+}
+
+func TestRunWritesUpperAndLifecycle(t *testing.T) {
+	e := newEnv(t, v1.Config{})
+	script := `set -e
+echo new > /tmp/new.txt
+mkdir -p /data/sub && echo deep > /data/sub/f
+mv /tmp/new.txt /tmp/renamed.txt
+rm /var/fifo
+echo changed >> /etc/passwd
+ls /tmp`
+	r := e.lazyrun(t, "", "run", "--name", "writer", e.ref, "sh", "-c", script)
+	if r.code != 0 || r.stdout != "renamed.txt\n" {
+		t.Fatalf("run = exit %d, stdout %q, stderr %s", r.code, r.stdout, r.stderr)
+	}
+	ps := e.mustRun(t, "ps", "-a")
+	if !strings.Contains(ps, "writer") || !strings.Contains(ps, "Exited (0)") {
+		t.Errorf("ps -a does not list the exited container:\n%s", ps)
+	}
+	if ps := e.mustRun(t, "ps"); strings.Contains(ps, "writer") {
+		t.Errorf("ps lists an exited container:\n%s", ps)
+	}
+	// The upper layer is in overlayfs' format: a deleted lower file is a
+	// 0/0 character device.
+	ids, err := filepath.Glob(filepath.Join(e.root, "containers", "*", "upper"))
+	if err != nil || len(ids) != 1 {
+		t.Fatalf("upper dirs = %v, %v; want one", ids, err)
+	}
+	upper := ids[0]
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(upper, "var/fifo"), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFCHR || st.Rdev != 0 {
+		t.Errorf("upper var/fifo = mode %o rdev %d (%v); want a 0/0 whiteout", st.Mode, st.Rdev, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(upper, "tmp/renamed.txt")); err != nil || string(b) != "new\n" {
+		t.Errorf("upper tmp/renamed.txt = %q, %v", b, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(upper, "etc/passwd")); err != nil || !strings.HasSuffix(string(b), "changed\n") || !strings.HasPrefix(string(b), "root:") {
+		t.Errorf("upper etc/passwd (copied up) = %q, %v", b, err)
+	}
+	for _, f := range []string{"etc/hosts", "etc/resolv.conf", "proc", "dev"} {
+		if _, err := os.Lstat(filepath.Join(upper, f)); err == nil {
+			t.Errorf("upper has %s: the init layer leaked into the container's changes", f)
+		}
+	}
+	if r := e.lazyrun(t, "", "run", "--name", "writer", e.ref, "true"); r.code != 125 || !strings.Contains(r.stderr, "already in use") {
+		t.Errorf("a second container named writer: exit %d, stderr %q; want 125 and a conflict", r.code, r.stderr)
+	}
+	if out := e.mustRun(t, "rm", "writer"); out != "writer\n" {
+		t.Errorf("rm writer printed %q", out)
+	}
+	if _, err := os.Stat(filepath.Dir(upper)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("container directory still there after rm: %v", err)
+	}
+	if r := e.lazyrun(t, "", "rm", "writer"); r.code != 1 || !strings.Contains(r.stderr, "no such container") {
+		t.Errorf("rm of a removed container: exit %d, stderr %q; want 1, no such container", r.code, r.stderr)
+	}
+}
+
+func TestRunVolumes(t *testing.T) {
+	e := newEnv(t, v1.Config{Volumes: map[string]struct{}{"/var/log": {}}})
+	host := t.TempDir()
+	os.WriteFile(filepath.Join(host, "in.txt"), []byte("from host\n"), 0o644)
+	ro := t.TempDir()
+	out := e.mustRun(t, "run", "--rm", "-v", host+":/mnt/host", "-v", ro+":/mnt/ro:ro", e.ref, "sh", "-c",
+		`cat /mnt/host/in.txt; echo out > /mnt/host/out.txt; touch /mnt/ro/x 2>/dev/null || echo read-only; grep -c /var/log /proc/mounts`)
+	if out != "from host\nread-only\n1\n" {
+		t.Errorf("output = %q", out)
+	}
+	if b, err := os.ReadFile(filepath.Join(host, "out.txt")); err != nil || string(b) != "out\n" {
+		t.Errorf("host sees %q, %v; want the container's write", b, err)
+	}
+	// --rm removed the anonymous volume of /var/log too.
+	if vols, _ := os.ReadDir(filepath.Join(e.root, "volumes")); len(vols) != 0 {
+		t.Errorf("volumes left after --rm: %d", len(vols))
+	}
+}
+
+func TestRunLimits(t *testing.T) {
+	e := newEnv(t, v1.Config{})
+	out := e.mustRun(t, "run", "--rm", "--memory", "64m", "--pids-limit", "20", "--cpus", "0.5", e.ref, "sh", "-c", "cat /proc/self/cgroup")
+	if !strings.Contains(out, "/lazyrun/") {
+		t.Errorf("the container is not in a lazyrun cgroup:\n%s", out)
+	}
+	// More processes than the limit cannot start.
+	// The limit is the program's (the init's own threads are added to it):
+	// sh and 4 sleeps fit in 5; 8 more do not.
+	r := e.lazyrun(t, "", "run", "--rm", "--pids-limit", "5", e.ref, "sh", "-c",
+		`for i in 1 2 3 4 5 6 7 8; do sleep 2 & done; echo started`)
+	if !strings.Contains(r.stderr, "can't fork") {
+		t.Errorf("pids-limit 5: sh started 8 more processes: exit %d, %q, %q", r.code, r.stdout, r.stderr)
+	}
+	r = e.lazyrun(t, "", "run", "--rm", "--pids-limit", "5", e.ref, "sh", "-c",
+		`for i in 1 2 3 4; do sleep 2 & done; echo ok`)
+	if r.code != 0 || r.stdout != "ok\n" {
+		t.Errorf("pids-limit 5: sh could not start 4 processes: exit %d, %q, %q", r.code, r.stdout, r.stderr)
+	}
+}
+
+func TestRunSignalStopsContainer(t *testing.T) {
+	e := newEnv(t, v1.Config{})
+	cmd := exec.Command(lazyrunBin, "--root", e.root, "run", "--rm", e.ref, "sh", "-c", "echo ready; sleep 1000")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		cmd.Process.Kill()
+		t.Fatalf("container did not start: %q, %v, %s", line, err, stderr.String())
+	}
+	start := time.Now()
+	cmd.Process.Signal(syscall.SIGTERM)
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	// sh as the program (PID 2 under our init) dies of SIGTERM: 128+15.
+	if !errors.As(err, &ee) || ee.ExitCode() != 143 {
+		t.Errorf("lazyrun after SIGTERM: %v; want exit 143\n%s", err, stderr.String())
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("stopping took %v", d)
+	}
+	if cs, _ := os.ReadDir(filepath.Join(e.root, "containers")); len(cs) != 0 {
+		t.Errorf("--rm left %d containers", len(cs))
+	}
+}

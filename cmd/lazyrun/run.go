@@ -1,0 +1,135 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/docker/go-units"
+	"github.com/spf13/cobra"
+
+	"github.com/lazyfs/lazyfs/internal/cli"
+	"github.com/lazyfs/lazyfs/runtime"
+	"github.com/lazyfs/lazyfs/runtime/spec"
+)
+
+func newRunCommand(g *cli.Globals, stdin io.Reader, code *exitCoder) *cobra.Command {
+	var (
+		s                     runtime.Spec
+		name, entrypoint      string
+		env, envFiles         []string
+		memory, cpus, network string
+		pids                  string
+	)
+	cmd := &cobra.Command{
+		Use:   "run [OPTIONS] IMAGE [COMMAND] [ARG...]",
+		Short: "Run a command in a new container, mounting its image lazily",
+		Long: `Creates a container from IMAGE and runs it in the foreground, as docker run
+does. The image is not pulled: its files are fetched when first read. If the
+image has no index yet, one is built first by streaming each layer once (the
+log says so). lazyrun exits with the container's exit code; 125 when lazyrun
+itself failed, 126 when the command cannot be run, 127 when it was not found.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return cli.Usagef("\"lazyrun run\" requires at least 1 argument: an image; see 'lazyrun run --help'")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s.Process.Args = args[1:]
+			if cmd.Flags().Changed("entrypoint") {
+				s.Process.EntrypointSet = true
+				if entrypoint != "" {
+					s.Process.Entrypoint = []string{entrypoint}
+				}
+			}
+			var err error
+			// Kept resolved, so a restart sees the values of today.
+			if s.Process.Env, err = spec.UserEnv(envFiles, env, os.Environ()); err != nil {
+				return cli.UsageError{Err: err}
+			}
+			for _, v := range s.Process.Volumes {
+				if _, _, err := spec.ParseVolume(v); err != nil {
+					return cli.UsageError{Err: err}
+				}
+			}
+			switch network {
+			case runtime.NetHost, runtime.NetNone:
+				s.Net = network
+			default:
+				return cli.Usagef("--net %q: want host or none", network)
+			}
+			if memory != "" {
+				if s.Memory, err = spec.ParseMemory(memory); err != nil {
+					return cli.UsageError{Err: err}
+				}
+			}
+			if cpus != "" {
+				if s.NanoCPUs, err = spec.ParseCPUs(cpus); err != nil {
+					return cli.UsageError{Err: err}
+				}
+			}
+			if pids != "" {
+				if s.PidsLimit, err = spec.ParsePidsLimit(pids); err != nil {
+					return cli.UsageError{Err: err}
+				}
+			}
+			rt, p, err := open(g)
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			sigs := make(chan os.Signal, 8)
+			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
+			defer signal.Stop(sigs)
+			exit, err := rt.Run(cmd.Context(), args[0], runtime.RunOptions{
+				Name:    name,
+				Spec:    s,
+				IO:      runtime.IO{Stdin: stdin, Stdout: g.Stdout, Stderr: g.Stderr},
+				Signals: sigs,
+			})
+			if err != nil {
+				return err
+			}
+			*code = exitCoder(exit)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.SetInterspersed(false) // flags after IMAGE belong to the command
+	f.Bool("help", false, "help for run")
+	f.StringVar(&name, "name", "", "assign a name to the container")
+	f.BoolVar(&s.Remove, "rm", false, "remove the container and its anonymous volumes when it exits")
+	f.StringArrayVarP(&env, "env", "e", nil, "set an environment variable (KEY=VALUE, or KEY to pass the caller's)")
+	f.StringArrayVar(&envFiles, "env-file", nil, "read environment variables from a file")
+	f.StringVarP(&s.Process.WorkingDir, "workdir", "w", "", "working directory inside the container")
+	f.StringVarP(&s.Process.User, "user", "u", "", "user to run as: name|uid[:group|gid]")
+	f.StringArrayVar(&s.Process.GroupAdd, "group-add", nil, "additional groups to join")
+	f.StringArrayVarP(&s.Process.Volumes, "volume", "v", nil, "bind mount a host path or a named volume: HOST|NAME:CONTAINER[:ro|rw], or CONTAINER for an anonymous volume")
+	f.StringVarP(&s.Process.Hostname, "hostname", "h", "", "container host name")
+	f.StringVar(&entrypoint, "entrypoint", "", "overwrite the image's entrypoint (\"\" clears it)")
+	f.BoolVarP(&s.Interactive, "interactive", "i", false, "keep stdin open and attached")
+	f.BoolVarP(&s.Process.TTY, "tty", "t", false, "allocate a pseudo-terminal")
+	f.StringVarP(&memory, "memory", "m", "", "memory limit (e.g. 512m, 1g)")
+	f.StringVar(&cpus, "cpus", "", "number of CPUs (e.g. 0.5)")
+	f.StringVar(&pids, "pids-limit", "", "process limit; 0 or -1 = unlimited")
+	f.StringVar(&network, "net", runtime.NetHost, "network: host (the host's network) or none (loopback only)")
+	f.StringVar(&network, "network", runtime.NetHost, "same as --net")
+	return cmd
+}
+
+// describeStatus renders a container's status as docker ps does.
+func describeStatus(c *runtime.Container) string {
+	st := c.State
+	switch st.Status {
+	case runtime.StatusRunning:
+		return "Up " + units.HumanDuration(timeSince(st.StartedAt))
+	case runtime.StatusExited:
+		return fmt.Sprintf("Exited (%d) %s ago", st.ExitCode, units.HumanDuration(timeSince(st.FinishedAt)))
+	case runtime.StatusDead:
+		return "Dead"
+	}
+	return "Created"
+}
