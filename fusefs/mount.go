@@ -77,7 +77,7 @@ func MountLayers(dir string, layers []*index.Index, src FrameSource, cfg Config)
 			// permission checks (default_permissions) decide, not the
 			// mounter's uid.
 			AllowOther: true,
-			Debug:   cfg.Debug,
+			Debug:      cfg.Debug,
 		},
 		EntryTimeout:    &timeout,
 		AttrTimeout:     &timeout,

@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -235,6 +236,115 @@ func TestMountReadFailureIsEIO(t *testing.T) {
 	if got, err := os.ReadFile(filepath.Join(dir, "f")); err != nil || string(got) != "data" {
 		t.Errorf("ReadFile after recovery = %q, %v", got, err)
 	}
+}
+
+// appendGNUSparse adds an old GNU sparse entry (type 'S', at most four
+// fragments) to a tar made by makeTar, whose end-of-archive blocks it moves
+// after the new entry. frags are [offset, length] pairs of content.
+func appendGNUSparse(t *testing.T, tarData []byte, name string, content []byte, frags [][2]int64) []byte {
+	t.Helper()
+	if len(frags) > 4 {
+		t.Fatalf("appendGNUSparse: %d fragments, at most 4 fit in the header", len(frags))
+	}
+	octal := func(b []byte, v int64) { copy(b, fmt.Sprintf("%0*o\x00", len(b)-1, v)) }
+	var blk [512]byte
+	copy(blk[0:100], name)
+	octal(blk[100:108], 0o644)
+	octal(blk[108:116], 0)
+	octal(blk[116:124], 0)
+	octal(blk[136:148], 1700000000)
+	blk[156] = 'S'
+	copy(blk[257:265], "ustar  \x00") // the old GNU magic
+	var data []byte
+	for i, f := range frags {
+		octal(blk[386+i*24:][:12], f[0])
+		octal(blk[386+i*24+12:][:12], f[1])
+		data = append(data, content[f[0]:f[0]+f[1]]...)
+	}
+	octal(blk[124:136], int64(len(data)))    // stored size
+	octal(blk[483:495], int64(len(content))) // real size
+	copy(blk[148:156], "        ")
+	var sum int
+	for _, c := range blk {
+		sum += int(c)
+	}
+	copy(blk[148:156], fmt.Sprintf("%06o\x00 ", sum))
+
+	out := append([]byte(nil), tarData[:len(tarData)-1024]...)
+	out = append(out, blk[:]...)
+	out = append(out, data...)
+	out = append(out, make([]byte, -len(data)&511)...)
+	return append(out, make([]byte, 1024)...)
+}
+
+func TestMountSparseFile(t *testing.T) {
+	const mib = 1 << 20
+	content := make([]byte, 3*mib+5)
+	frags := [][2]int64{{0, 1000}, {mib - 100, 200 << 10}, {3*mib + 4, 1}}
+	for i, f := range frags {
+		copy(content[f[0]:f[0]+f[1]], pseudoBytes(int(f[1]), byte(i)))
+	}
+	layer := makeTar(t, []tarFile{
+		{hdr: tar.Header{Name: "before", Typeflag: tar.TypeReg, Mode: 0o644}, body: []byte("plain file")},
+	})
+	layer = appendGNUSparse(t, layer, "sparse", content, frags)
+	layer = appendGNUSparse(t, layer, "hole", make([]byte, mib), [][2]int64{{mib, 0}})
+	layer = append(layer[:len(layer)-1024], makeTar(t, []tarFile{ // a plain file after them
+		{hdr: tar.Header{Name: "after", Typeflag: tar.TypeReg, Mode: 0o644}, body: []byte("after the sparse files")},
+	})...)
+	dir, src := mountLayers(t, [][]byte{gzipBytes(t, layer)}, 64<<10)
+
+	got, err := os.ReadFile(filepath.Join(dir, "sparse"))
+	if err != nil || !bytes.Equal(got, content) {
+		t.Errorf("ReadFile(sparse) = %d bytes, %v; want its %d bytes of content with zeros in the holes", len(got), err, len(content))
+	}
+	f, err := os.Open(filepath.Join(dir, "sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range [][2]int64{{990, 20}, {mib - 110, 20}, {mib + 200<<10 - 110, 20}, {2 * mib, 4096}, {3*mib + 3, 2}} {
+		buf := make([]byte, r[1])
+		if _, err := f.ReadAt(buf, r[0]); err != nil {
+			t.Errorf("ReadAt(sparse, %d, %d): %v", r[0], r[1], err)
+		} else if !bytes.Equal(buf, content[r[0]:r[0]+r[1]]) {
+			t.Errorf("ReadAt(sparse, %d, %d) = %.32q…, want %.32q…", r[0], r[1], buf, content[r[0]:r[0]+r[1]])
+		}
+	}
+	f.Close()
+
+	before := src.loads.Load()
+	if got, err := os.ReadFile(filepath.Join(dir, "hole")); err != nil || !bytes.Equal(got, make([]byte, mib)) {
+		t.Errorf("ReadFile(hole) = %d bytes, %v; want %d zeros", len(got), err, mib)
+	}
+	if n := src.loads.Load() - before; n != 0 {
+		t.Errorf("reading a file that is all hole decoded %d frames, want none", n)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "after")); err != nil || string(got) != "after the sparse files" {
+		t.Errorf("ReadFile(after) = %q, %v", got, err)
+	}
+
+	var st unix.Stat_t
+	must(t, unix.Lstat(filepath.Join(dir, "sparse"), &st))
+	// 512-byte blocks the fragments touch: [0,1000) 2, [1 MiB-100, +200 KiB)
+	// blocks 2047 to 2447 = 401, the last byte 1.
+	if st.Size != int64(len(content)) || st.Blocks != 2+401+1 {
+		t.Errorf("stat(sparse) = size %d blocks %d, want %d and %d", st.Size, st.Blocks, len(content), 2+401+1)
+	}
+	must(t, unix.Lstat(filepath.Join(dir, "hole"), &st))
+	if st.Size != mib || st.Blocks != 0 {
+		t.Errorf("stat(hole) = size %d blocks %d, want %d and 0", st.Size, st.Blocks, mib)
+	}
+}
+
+// pseudoBytes returns n non-zero bytes that do not repeat quickly.
+func pseudoBytes(n int, seed byte) []byte {
+	b := make([]byte, n)
+	x := uint32(seed) + 1
+	for i := range b {
+		x = x*1664525 + 1013904223
+		b[i] = byte(x>>24) | 1
+	}
+	return b
 }
 
 func must(t *testing.T, err error) {

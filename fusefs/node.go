@@ -3,6 +3,7 @@ package fusefs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"syscall"
@@ -49,24 +50,43 @@ func (l *lowerNode) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off 
 	if e == nil || e.Type != index.TypeReg {
 		return nil, syscall.EISDIR
 	}
-	if off >= e.Size || len(dest) == 0 {
-		return fuse.ReadResultData(nil), 0
-	}
-	want := min(int64(len(dest)), e.Size-off)
 	x := l.fs.layers[l.n.layer]
-	start := e.Offset + off
-	first, end := x.FramesFor(start, want)
 	got := 0
-	for i := first; i < end; i++ {
-		data, err := l.fs.src.Frame(ctx, x, i)
-		if err != nil {
-			return nil, l.fs.errno(ctx, "read", e.Path, err, slog.Int64("off", off), slog.Int("frame", i))
+	// Pieces clips the read to the file; holes (of sparse files) read as zeros.
+	for _, p := range e.Pieces(off, int64(len(dest))) {
+		buf := dest[got : got+int(p.Len)]
+		got += len(buf)
+		if p.Hole() {
+			clear(buf)
+			continue
 		}
-		f := &x.Frames[i]
-		from := start + int64(got) - f.Offset
-		got += copy(dest[got:want], data[from:])
+		if frame, err := l.fs.readStream(ctx, x, p.Stream, buf); err != nil {
+			return nil, l.fs.errno(ctx, "read", e.Path, err, slog.Int64("off", off), slog.Int("frame", frame))
+		}
 	}
 	return fuse.ReadResultData(dest[:got]), 0
+}
+
+// readStream fills buf with the layer's uncompressed tar stream from off,
+// frame by frame. On failure it returns the frame that failed.
+func (f *fileSystem) readStream(ctx context.Context, x *index.Index, off int64, buf []byte) (int, error) {
+	first, end := x.FramesFor(off, int64(len(buf)))
+	got := 0
+	for i := first; i < end; i++ {
+		data, err := f.src.Frame(ctx, x, i)
+		if err != nil {
+			return i, err
+		}
+		from := off + int64(got) - x.Frames[i].Offset
+		if from < 0 || from >= int64(len(data)) {
+			return i, fmt.Errorf("frame %d: %w: %d bytes, no byte %d", i, index.ErrCorrupt, len(data), from)
+		}
+		got += copy(buf[got:], data[from:])
+	}
+	if got != len(buf) {
+		return end - 1, fmt.Errorf("stream [%d,+%d): %w: frames [%d,%d) hold %d of its bytes", off, len(buf), index.ErrCorrupt, first, end, got)
+	}
+	return 0, nil
 }
 
 func (l *lowerNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
@@ -138,7 +158,7 @@ func (f *fileSystem) fillAttr(n *node, a *fuse.Attr) {
 	switch e.Type {
 	case index.TypeReg:
 		a.Size = uint64(e.Size)
-		a.Blocks = (a.Size + 511) / 512
+		a.Blocks = uint64(e.Blocks()) // a sparse file's holes take no space
 	case index.TypeDir:
 		a.Size = 4096
 		a.Blocks = 8

@@ -44,8 +44,9 @@ import (
 //	    digest    32 bytes, raw SHA-256
 //	  nEntries × entry:
 //	    head      1 byte: Type in bits 0–2; flags 0x08 Linkname, 0x10 Xattrs,
-//	              0x20 device numbers, 0x40 Offset (non-regular entries only;
-//	              a regular file always has one), 0x80 nanoseconds
+//	              0x20 device numbers, 0x40 Offset on a non-regular entry (a
+//	              regular file always has one) and Sparse on a regular file,
+//	              0x80 nanoseconds
 //	    shared    uvarint: leading bytes shared with the previous entry's path
 //	    suffix    uvarint length + bytes: the rest of the path
 //	    mode, uid, gid      uvarint
@@ -53,12 +54,19 @@ import (
 //	    [0x80]    uvarint nanoseconds, 1 to 999999999
 //	    [regular] size uvarint
 //	    [regular or 0x40] offDelta svarint: Offset − (previous such entry's
-//	              Offset+Size, 0 for the first)
+//	              Offset+StoredSize, 0 for the first)
+//	    [regular and 0x40] sparse map: uvarint count (may be 0) ×
+//	              (gap uvarint: Offset − the previous fragment's end, 0 for
+//	              the first; length uvarint ≥ 1)
 //	    [0x08]    Linkname: uvarint length (≥ 1) + bytes
 //	    [0x20]    devmajor, devminor uvarint
 //	    [0x10]    uvarint count (≥ 1) × (name length + bytes, value length + bytes)
 //
 // The body must be consumed exactly, and the decoded index must pass Validate.
+//
+// Builds before sparse files were supported refused 0x40 on a regular file,
+// so encodings without sparse files are unchanged, and one with a sparse
+// file is refused by such a build as corrupt (not mis-read).
 const (
 	encMagic   = "LZFSIDX\x00"
 	encVersion = 1
@@ -78,19 +86,22 @@ const (
 	headLinkname  = 0x08
 	headXattrs    = 0x10
 	headDevice    = 0x20
-	headOffset    = 0x40
+	headOffset    = 0x40 // on a non-regular entry
+	headSparse    = 0x40 // on a regular file
 	headNanos     = 0x80
 	sha256Prefix  = "sha256:"
 	sha256TextLen = len(sha256Prefix) + 2*32
 
 	// Smallest encodings, for checking counts against the bytes left.
-	minFrameLen = 1 + 1 + 1 + 32            // size, bits, window length, digest
-	minEntryLen = 1 + 1 + 1 + 1 + 1 + 1 + 1 // head, shared, suffix length, mode, uid, gid, mtime
-	minXattrLen = 1 + 1 + 1                 // name length, one name byte, value length
+	minFrameLen  = 1 + 1 + 1 + 32            // size, bits, window length, digest
+	minEntryLen  = 1 + 1 + 1 + 1 + 1 + 1 + 1 // head, shared, suffix length, mode, uid, gid, mtime
+	minXattrLen  = 1 + 1 + 1                 // name length, one name byte, value length
+	minExtentLen = 1 + 1                     // gap, length
 
-	sizeofEntry = int64(unsafe.Sizeof(Entry{}))
-	sizeofFrame = int64(unsafe.Sizeof(Frame{}))
-	sizeofXattr = int64(unsafe.Sizeof(Xattr{}))
+	sizeofEntry  = int64(unsafe.Sizeof(Entry{}))
+	sizeofFrame  = int64(unsafe.Sizeof(Frame{}))
+	sizeofXattr  = int64(unsafe.Sizeof(Xattr{}))
+	sizeofExtent = int64(unsafe.Sizeof(Extent{}))
 )
 
 // ErrUnsupportedVersion is wrapped when an encoding comes from a newer (or
@@ -169,7 +180,7 @@ func seal(enc *zstd.Encoder, body []byte) []byte {
 // returns how many bytes Decode will allocate for it.
 func (x *Index) appendBody(b []byte) ([]byte, int64) {
 	strBytes := int64(len(x.Layer)) + int64(len(x.Frames))*int64(sha256TextLen)
-	var nXattrs, winBytes, est int64
+	var nXattrs, nExtents, winBytes, est int64
 	for i := range x.Frames {
 		winBytes += int64(len(x.Frames[i].Window))
 	}
@@ -180,9 +191,11 @@ func (x *Index) appendBody(b []byte) ([]byte, int64) {
 			strBytes += int64(len(a.Name) + len(a.Value))
 		}
 		nXattrs += int64(len(e.Xattrs))
+		nExtents += int64(len(e.Sparse))
 	}
 	// Paths shrink with prefix sharing; the rest is a few varints each.
-	est = 64 + int64(len(x.Layer)) + winBytes + int64(len(x.Frames))*48 + int64(len(x.Entries))*24 + strBytes/2
+	est = 64 + int64(len(x.Layer)) + winBytes + int64(len(x.Frames))*48 + int64(len(x.Entries))*24 + strBytes/2 +
+		nExtents*8
 	if b == nil {
 		b = make([]byte, 0, est)
 	}
@@ -231,6 +244,9 @@ func (x *Index) appendBody(b []byte) ([]byte, int64) {
 			head |= headOffset
 			hasOffset = true
 		}
+		if e.Type == TypeReg && e.Sparse != nil {
+			head |= headSparse
+		}
 		sec, nsec := e.ModTime.Unix(), e.ModTime.Nanosecond()
 		if nsec != 0 {
 			head |= headNanos
@@ -255,7 +271,16 @@ func (x *Index) appendBody(b []byte) ([]byte, int64) {
 		}
 		if hasOffset {
 			b = binary.AppendVarint(b, e.Offset-contentEnd)
-			contentEnd = e.Offset + e.Size
+			contentEnd = e.Offset + e.StoredSize()
+		}
+		if e.Type == TypeReg && e.Sparse != nil {
+			b = binary.AppendUvarint(b, uint64(len(e.Sparse)))
+			var end int64
+			for _, f := range e.Sparse {
+				b = binary.AppendUvarint(b, uint64(f.Offset-end))
+				b = binary.AppendUvarint(b, uint64(f.Length))
+				end = f.Offset + f.Length
+			}
 		}
 		if e.Linkname != "" {
 			b = appendString(b, e.Linkname)
@@ -273,7 +298,8 @@ func (x *Index) appendBody(b []byte) ([]byte, int64) {
 		}
 	}
 	need := int64(len(b)-start) + strBytes + winBytes +
-		int64(len(x.Entries))*sizeofEntry + int64(len(x.Frames))*sizeofFrame + nXattrs*sizeofXattr
+		int64(len(x.Entries))*sizeofEntry + int64(len(x.Frames))*sizeofFrame + nXattrs*sizeofXattr +
+		nExtents*sizeofExtent
 	return b, need
 }
 
@@ -497,12 +523,10 @@ func decodeBody(body []byte, budget int64) (*Index, error) {
 		}
 		e.ModTime = time.Unix(prevSec, int64(nsec))
 
-		hasOffset := e.Type == TypeReg
+		hasOffset, sparse := e.Type == TypeReg, false
 		if hasOffset {
 			e.Size = d.int64("size")
-			if head&headOffset != 0 {
-				d.failf("offset flag on a regular file")
-			}
+			sparse = head&headSparse != 0
 		} else if head&headOffset != 0 {
 			hasOffset = true
 		}
@@ -513,10 +537,18 @@ func decodeBody(body []byte, budget int64) (*Index, error) {
 				d.failf("offset %d%+d outside the tar's %d bytes", contentEnd, delta, x.TarSize)
 			}
 			e.Offset = contentEnd + delta
-			if d.msg == "" && e.Size > x.TarSize-e.Offset {
-				d.failf("size %d at offset %d runs past the tar's %d bytes", e.Size, e.Offset, x.TarSize)
+			stored := e.Size
+			if sparse {
+				stored = d.sparse(e, &budget)
 			}
-			contentEnd = e.Offset + e.Size
+			if d.msg == "" && stored > x.TarSize-e.Offset {
+				if sparse {
+					d.failf("%d stored bytes at offset %d run past the tar's %d bytes", stored, e.Offset, x.TarSize)
+				} else {
+					d.failf("size %d at offset %d runs past the tar's %d bytes", e.Size, e.Offset, x.TarSize)
+				}
+			}
+			contentEnd = e.Offset + stored
 		}
 		if head&headLinkname != 0 {
 			n := d.uvarint("link name length")
@@ -561,6 +593,40 @@ func decodeBody(body []byte, budget int64) (*Index, error) {
 		return nil, err
 	}
 	return x, nil
+}
+
+// sparse reads e's sparse map, taking its table from *budget, and returns
+// how many bytes of the stream the fragments hold (0 after a problem).
+// Each fragment must lie inside e.Size after the previous one, so the sum
+// cannot overflow.
+func (d *decoder) sparse(e *Entry, budget *int64) int64 {
+	n := d.uvarint("fragment count")
+	if left := uint64(len(d.buf) - d.pos); n > left/minExtentLen {
+		d.failf("%d sparse fragments cannot fit in %d bytes", n, left)
+		return 0
+	}
+	if int64(n)*sizeofExtent > *budget {
+		d.failf("%d sparse fragments exceed the decoding limit", n)
+		return 0
+	}
+	*budget -= int64(n) * sizeofExtent
+	e.Sparse = make([]Extent, n) // not nil even when empty: a file that is all hole
+	var end, stored int64
+	for j := range e.Sparse {
+		gap := d.int64("fragment gap")
+		length := d.int64("fragment length")
+		if d.msg != "" {
+			return 0
+		}
+		if gap > e.Size-end || length == 0 || length > e.Size-end-gap {
+			d.failf("sparse fragment %d [%d%+d,+%d) not inside size %d", j, end, gap, length, e.Size)
+			return 0
+		}
+		e.Sparse[j] = Extent{Offset: end + gap, Length: length}
+		end += gap + length
+		stored += length
+	}
+	return stored
 }
 
 // decoder reads varints and byte strings from buf. After the first

@@ -24,7 +24,10 @@ import (
 
 var updateGolden = flag.Bool("update", false, "rewrite golden files under testdata/")
 
-const goldenIndexFile = "testdata/index-v1.golden"
+const (
+	goldenIndexFile       = "testdata/index-v1.golden"
+	goldenSparseIndexFile = "testdata/index-v1-sparse.golden"
+)
 
 // frameDigest is a deterministic, valid sha256 digest for test frames.
 func frameDigest(i int) digest.Digest {
@@ -85,6 +88,11 @@ func encSampleIndex() *Index {
 			{Path: veryLong, Type: TypeDir, Mode: 0o700, ModTime: t0},
 			{Path: veryLong + "/x", Type: TypeReg, Offset: 512, ModTime: t0},
 			{Path: "z", Type: TypeDir, Offset: 77, ModTime: t0}, // a non-file entry with an offset
+			{Path: "z/sparse", Type: TypeReg, Mode: 0o644, Size: 1 << 40, Offset: 2*mib + 6000, ModTime: t0,
+				Sparse: []Extent{{0, 100}, {100, 4096}, {1 << 30, 512}, {1<<40 - 1, 1}}},
+			{Path: "z/all-hole", Type: TypeReg, Mode: 0o644, Size: 5000, Offset: 2*mib + 6000, ModTime: t0,
+				Sparse: []Extent{}},
+			{Path: "z/after", Type: TypeReg, Size: 10, Offset: 3*mib - 100, ModTime: t0},
 		},
 	}
 	return x
@@ -116,6 +124,7 @@ func encSamples() map[string]*Index {
 		"zstd":        zstdIdx,
 		"empty":       {Format: FormatTar},
 		"golden":      encGoldenIndex(),
+		"sparse":      encGoldenSparseIndex(),
 	}
 }
 
@@ -438,9 +447,23 @@ func TestDecodeCorruptBody(t *testing.T) {
 		{"file past tar end", tarHeader(100, 100, 1, 1, 0, 71+1).u(100).raw(0).u(0).raw(make([]byte, 32)...).
 			raw(byte(TypeReg)).u(0).str("f").u(0o644, 0, 0).s(0).u(50).s(60).b,
 			"entry 0: size 50 at offset 60 runs past the tar's 100 bytes"},
-		{"offset flag on a file", oneFrame(tarHeader(100, 100, 1, 1, 0, 71+1)).
-			raw(byte(TypeReg)|headOffset).u(0).str("f").u(0o644, 0, 0).s(0).u(5).s(0).b,
-			"entry 0: offset flag on a regular file"},
+		{"sparse file", oneFrame(tarHeader(100, 100, 1, 1, 0, 71+1)).
+			raw(byte(TypeReg)|headSparse).u(0).str("f").u(0o644, 0, 0).s(0).u(1000).s(0).u(2, 10, 5, 500, 95).b, ""},
+		{"sparse fragment count past end", oneFrame(tarHeader(100, 100, 1, 1, 0, 71+1)).
+			raw(byte(TypeReg)|headSparse).u(0).str("f").u(0o644, 0, 0).s(0).u(5).s(0).b,
+			"entry 0: fragment count past end"},
+		{"sparse fragments cannot fit", oneFrame(tarHeader(100, 100, 1, 1, 0, 71+1)).
+			raw(byte(TypeReg)|headSparse).u(0).str("f").u(0o644, 0, 0).s(0).u(5).s(0).u(1000, 1, 1).b,
+			"entry 0: 1000 sparse fragments cannot fit"},
+		{"sparse fragment past size", oneFrame(tarHeader(100, 100, 1, 1, 0, 71+1)).
+			raw(byte(TypeReg)|headSparse).u(0).str("f").u(0o644, 0, 0).s(0).u(50).s(0).u(1, 40, 20).b,
+			"entry 0: sparse fragment 0 [0+40,+20) not inside size 50"},
+		{"sparse fragment empty", oneFrame(tarHeader(100, 100, 1, 1, 0, 71+1)).
+			raw(byte(TypeReg)|headSparse).u(0).str("f").u(0o644, 0, 0).s(0).u(50).s(0).u(1, 40, 0).b,
+			"entry 0: sparse fragment 0 [0+40,+0) not inside size 50"},
+		{"sparse stored past tar end", oneFrame(tarHeader(100, 100, 1, 1, 0, 71+1)).
+			raw(byte(TypeReg)|headSparse).u(0).str("f").u(0o644, 0, 0).s(0).u(1000).s(60).u(1, 0, 50).b,
+			"entry 0: 50 stored bytes at offset 60 run past the tar's 100 bytes"},
 		{"frame past tar end", tarHeader(100, 100, 1, 0, 0, 71).u(101).raw(0).u(0).raw(make([]byte, 32)...).b,
 			"frame 0: size 101 runs past tar size 100"},
 		{"compressed range outside blob",
@@ -531,28 +554,68 @@ func encGoldenIndex() *Index {
 	}
 }
 
+// encGoldenSparseIndex is the content of testdata/index-v1-sparse.golden:
+// version 1 with sparse files (the 0x40 flag on a regular file), added
+// after index-v1.golden. Never change it either.
+func encGoldenSparseIndex() *Index {
+	t0 := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	return &Index{
+		Layer:    "sha256:9a0c3e6f5d2b1a4c8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d",
+		Format:   FormatTar,
+		BlobSize: 8192,
+		TarSize:  8192,
+		Frames: []Frame{
+			{CompressedOffset: 0, CompressedSize: 8192, Offset: 0, Size: 8192,
+				Digest: "sha256:00000000000000000000000000000000000000000000000000000000000000ff"},
+		},
+		Entries: []Entry{
+			{Path: "plain", Type: TypeReg, Mode: 0o644, Size: 600, Offset: 512, ModTime: t0},
+			{Path: "sparse", Type: TypeReg, Mode: 0o600, Size: 64 << 20, Offset: 2048, ModTime: t0,
+				Sparse: []Extent{{0, 4096}, {1 << 20, 512}, {64<<20 - 1, 1}}},
+			{Path: "all-hole", Type: TypeReg, Mode: 0o644, Size: 1 << 30, Offset: 7680, ModTime: t0,
+				Sparse: []Extent{}},
+			{Path: "dev", Type: TypeDir, Mode: 0o755, ModTime: t0},
+		},
+	}
+}
+
 func TestGolden(t *testing.T) {
-	want := encGoldenIndex()
-	if *updateGolden {
-		data := mustMarshal(t, want)
-		if err := os.MkdirAll(filepath.Dir(goldenIndexFile), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(goldenIndexFile, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("wrote %s (%d bytes)", goldenIndexFile, len(data))
-	}
-	data, err := os.ReadFile(goldenIndexFile)
-	if err != nil {
-		t.Fatalf("read golden file (run with -update to create it): %v", err)
-	}
-	got, err := Decode(data)
-	if err != nil {
-		t.Fatalf("Decode(%s) error: %v", goldenIndexFile, err)
-	}
-	if d := indexDiff(got, want); d != "" {
-		t.Fatalf("Decode(%s): %s", goldenIndexFile, d)
+	for _, g := range []struct {
+		file string
+		want *Index
+	}{
+		{goldenIndexFile, encGoldenIndex()},
+		{goldenSparseIndexFile, encGoldenSparseIndex()},
+	} {
+		t.Run(filepath.Base(g.file), func(t *testing.T) {
+			if *updateGolden {
+				data := mustMarshal(t, g.want)
+				if err := os.MkdirAll(filepath.Dir(g.file), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(g.file, data, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("wrote %s (%d bytes)", g.file, len(data))
+			}
+			data, err := os.ReadFile(g.file)
+			if err != nil {
+				t.Fatalf("read golden file (run with -update to create it): %v", err)
+			}
+			got, err := Decode(data)
+			if err != nil {
+				t.Fatalf("Decode(%s) error: %v", g.file, err)
+			}
+			if d := indexDiff(got, g.want); d != "" {
+				t.Fatalf("Decode(%s): %s", g.file, d)
+			}
+			for i := range got.Entries {
+				// indexDiff tells nil from empty too; this says it plainly.
+				if a, b := got.Entries[i].Sparse, g.want.Entries[i].Sparse; (a == nil) != (b == nil) {
+					t.Errorf("Decode(%s): entry %d Sparse %#v, want %#v", g.file, i, a, b)
+				}
+			}
+		})
 	}
 }
 

@@ -90,6 +90,22 @@ type Entry struct {
 	Devminor uint32
 	Xattrs   []Xattr // sorted by name
 	Offset   int64   // where the content starts in the uncompressed tar stream
+
+	// Sparse is nil for an ordinary file, whose Size bytes lie contiguous
+	// in the tar stream from Offset. A regular file from a GNU sparse tar
+	// entry has a non-nil Sparse: its data fragments, in logical file
+	// offsets, sorted, not overlapping, each non-empty, all inside Size.
+	// Their bytes lie back to back in the stream from Offset (for the PAX
+	// 1.0 form, after the map block that precedes them); the rest of the
+	// file is holes that read as zeros. An empty, non-nil Sparse is a file
+	// that is all hole. Pieces turns a read of the file into stream ranges.
+	Sparse []Extent
+}
+
+// Extent is a fragment of a sparse file: Length bytes from Offset, in
+// logical file offsets.
+type Extent struct {
+	Offset, Length int64
 }
 
 // FileMode returns the entry's mode in io/fs terms (type bits included).

@@ -5,13 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"path"
 	"slices"
 	"strings"
 )
 
 // ErrUnsupported is wrapped when a layer uses a tar feature the index cannot
-// describe (sparse entries, whose bytes are not contiguous in the stream).
+// describe (an entry type it does not know, a NUL byte in a name, a GNU
+// sparse encoding other than the three archive/tar reads).
 var ErrUnsupported = errors.New("index: unsupported layer content")
 
 const xattrPrefix = "SCHILY.xattr."
@@ -20,32 +22,52 @@ const xattrPrefix = "SCHILY.xattr."
 // order together with the stream's total length, trailing padding included.
 // Paths are cleaned so that none can leave the layer root ("../x" becomes
 // "x"); the root directory's own entry is dropped.
+//
+// GNU sparse entries (the old GNU 'S' type, PAX 0.0, 0.1 and 1.0) become
+// regular files with a Sparse map. archive/tar reads their maps but does
+// not expose them, so WalkTar keeps the header blocks the tar reader
+// consumes for each entry and reads the map from them again.
 func WalkTar(r io.Reader) ([]Entry, int64, error) {
-	cr := &countingReader{r: r}
-	tr := tar.NewReader(cr)
+	hr := &headerRecorder{r: r}
+	tr := tar.NewReader(hr)
 	var entries []Entry
+	var next int64 // where the next entry's header blocks start
 	for {
+		hr.record(next)
 		hdr, err := tr.Next()
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
-			return nil, 0, fmt.Errorf("read tar entry %d at byte %d: %w", len(entries), cr.n, err)
+			name := ""
+			if n := headerName(hr.buf); n != "" {
+				name = fmt.Sprintf(" (%q)", shortString(n))
+			}
+			return nil, 0, fmt.Errorf("read tar entry %d%s at byte %d: %w", len(entries), name, hr.n, err)
 		}
-		e, keep, err := entryFromHeader(hdr, cr.n)
+		e, keep, stored, err := entryFromHeader(hdr, hr.n, hr)
 		if err != nil {
 			return nil, 0, fmt.Errorf("tar entry %q: %w", hdr.Name, err)
 		}
 		if keep {
 			entries = append(entries, e)
 		}
+		// The tar reader skips the content and its padding to the next
+		// 512-byte block; a stream too short for it fails in Next.
+		next = hr.n + stored
+		if next < 0 || next > math.MaxInt64-blockSize {
+			next = math.MaxInt64 // past any real stream: record nothing
+		} else {
+			next += -next & (blockSize - 1)
+		}
 	}
+	hr.record(-1)
 	// The tar reader stops at the end-of-archive marker; the stream may
 	// hold more padding, and frames must cover every byte of it.
-	if _, err := io.Copy(io.Discard, cr); err != nil {
+	if _, err := io.Copy(io.Discard, hr); err != nil {
 		return nil, 0, fmt.Errorf("read tar padding: %w", err)
 	}
-	return entries, cr.n, nil
+	return entries, hr.n, nil
 }
 
 // cleanPath maps a tar name to a path relative to the layer root that cannot
@@ -54,9 +76,53 @@ func cleanPath(name string) string {
 	return strings.TrimPrefix(path.Clean("/"+name), "/")
 }
 
-func entryFromHeader(hdr *tar.Header, dataOffset int64) (Entry, bool, error) {
+// entryFromHeader turns the header the tar reader returned, whose content
+// starts at dataOffset, into an entry; keep is false for the root's own
+// entry. stored is how many bytes of content follow in the stream (before
+// the padding to a 512-byte block): what the tar reader skips to reach the
+// next header. hr holds the header blocks the reader consumed for it.
+func entryFromHeader(hdr *tar.Header, dataOffset int64, hr *headerRecorder) (e Entry, keep bool, stored int64, err error) {
+	sparse, stored, err := sparseMap(hdr, hr)
+	if err != nil {
+		return Entry{}, false, 0, err
+	}
+	if sparse == nil {
+		stored = hdr.Size
+		if headerOnly(hdr.Typeflag) {
+			stored = 0
+		}
+	}
+	e, keep, err = entryFromPlainHeader(hdr, dataOffset)
+	if err != nil || !keep {
+		return Entry{}, false, stored, err
+	}
+	if sparse != nil {
+		if e.Type != TypeReg {
+			return Entry{}, false, 0, fmt.Errorf("%w: sparse %s", ErrUnsupported, e.Type)
+		}
+		e.Sparse = sparse
+	}
+	return e, true, stored, nil
+}
+
+// headerOnly reports whether the tar reader gives entries of type t no
+// content, whatever their size field says.
+func headerOnly(t byte) bool {
+	switch t {
+	case tar.TypeLink, tar.TypeSymlink, tar.TypeChar, tar.TypeBlock, tar.TypeDir, tar.TypeFifo:
+		return true
+	}
+	return false
+}
+
+func entryFromPlainHeader(hdr *tar.Header, dataOffset int64) (Entry, bool, error) {
 	if strings.IndexByte(hdr.Name, 0) >= 0 || strings.IndexByte(hdr.Linkname, 0) >= 0 {
 		return Entry{}, false, fmt.Errorf("%w: NUL byte in name", ErrUnsupported)
+	}
+	if hdr.Typeflag == tar.TypeXGlobalHeader {
+		// Defaults for later entries (git archive writes a commit ID in
+		// one); archive/tar has already applied them.
+		return Entry{}, false, nil
 	}
 	p := cleanPath(hdr.Name)
 	if p == "" {
@@ -73,7 +139,7 @@ func entryFromHeader(hdr *tar.Header, dataOffset int64) (Entry, bool, error) {
 		return Entry{}, false, fmt.Errorf("%w: owner %d:%d out of range", ErrUnsupported, hdr.Uid, hdr.Gid)
 	}
 	switch hdr.Typeflag {
-	case tar.TypeReg, tar.TypeCont: // the reader already maps the old TypeRegA
+	case tar.TypeReg, tar.TypeCont, tar.TypeGNUSparse: // the reader already maps the old TypeRegA
 		e.Type = TypeReg
 		e.Size = hdr.Size
 		e.Offset = dataOffset
@@ -99,15 +165,10 @@ func entryFromHeader(hdr *tar.Header, dataOffset int64) (Entry, bool, error) {
 		e.Devmajor, e.Devminor = uint32(hdr.Devmajor), uint32(hdr.Devminor)
 	case tar.TypeFifo:
 		e.Type = TypeFIFO
-	case tar.TypeGNUSparse:
-		return Entry{}, false, fmt.Errorf("%w: sparse entry", ErrUnsupported)
 	default:
 		return Entry{}, false, fmt.Errorf("%w: tar type %q", ErrUnsupported, hdr.Typeflag)
 	}
 	for k, v := range hdr.PAXRecords {
-		if strings.HasPrefix(k, "GNU.sparse.") {
-			return Entry{}, false, fmt.Errorf("%w: sparse entry", ErrUnsupported)
-		}
 		if name, ok := strings.CutPrefix(k, xattrPrefix); ok && name != "" {
 			e.Xattrs = append(e.Xattrs, Xattr{Name: name, Value: v})
 		}

@@ -21,8 +21,10 @@ const maxWindowLen = 32 << 10
 //     and a Window (≤ 32 KiB).
 //   - Every entry has a known Type and a clean relative path (path.Clean
 //     form, not ".", no ".." element, no NUL); Mode has only the 07777
-//     bits; only regular files have a Size; content lies inside the tar
-//     stream (0 ≤ Offset, Offset+Size ≤ TarSize); a hard link's Linkname is
+//     bits; only regular files have a Size or a Sparse map; a sparse
+//     map's fragments are non-empty, sorted, not overlapping and inside
+//     Size; content lies inside the tar stream (0 ≤ Offset,
+//     Offset+StoredSize ≤ TarSize); a hard link's Linkname is
 //     a clean relative path; link names hold no NUL; Xattrs are sorted by
 //     name, unique, with non-empty names and no NUL in them.
 //
@@ -113,10 +115,20 @@ func (x *Index) checkEntry(e *Entry) string {
 		return fmt.Sprintf("Size %d negative", e.Size)
 	case e.Size != 0 && e.Type != TypeReg:
 		return fmt.Sprintf("Size %d for a %s, want 0", e.Size, e.Type)
+	case e.Sparse != nil && e.Type != TypeReg:
+		return fmt.Sprintf("Sparse map for a %s", e.Type)
 	case e.Offset < 0:
 		return fmt.Sprintf("Offset %d negative", e.Offset)
-	case e.Offset > x.TarSize || e.Size > x.TarSize-e.Offset:
-		return fmt.Sprintf("Offset+Size %d+%d past TarSize %d", e.Offset, e.Size, x.TarSize)
+	}
+	if msg := checkSparse(e); msg != "" {
+		return msg
+	}
+	// After checkSparse, StoredSize cannot overflow: it is at most Size.
+	if stored := e.StoredSize(); e.Offset > x.TarSize || stored > x.TarSize-e.Offset {
+		if e.Sparse != nil {
+			return fmt.Sprintf("Offset+StoredSize %d+%d past TarSize %d", e.Offset, stored, x.TarSize)
+		}
+		return fmt.Sprintf("Offset+Size %d+%d past TarSize %d", e.Offset, stored, x.TarSize)
 	}
 	if e.Type == TypeHardlink {
 		if msg := checkRelPath(e.Linkname); msg != "" {
@@ -135,6 +147,25 @@ func (x *Index) checkEntry(e *Entry) string {
 			return fmt.Sprintf("Xattrs[%d] name %q after %q: want sorted and unique",
 				j, shortString(a.Name), shortString(e.Xattrs[j-1].Name))
 		}
+	}
+	return ""
+}
+
+// checkSparse returns what is wrong with e's sparse map, or "". Size must
+// already be known not to be negative.
+func checkSparse(e *Entry) string {
+	var end int64 // where the previous fragment ended
+	for j, f := range e.Sparse {
+		switch {
+		case f.Length <= 0:
+			return fmt.Sprintf("Sparse[%d] length %d, want > 0", j, f.Length)
+		case f.Offset < end:
+			return fmt.Sprintf("Sparse[%d] at %d starts before the previous fragment's end %d (want sorted, not overlapping)",
+				j, f.Offset, end)
+		case f.Offset > e.Size || f.Length > e.Size-f.Offset:
+			return fmt.Sprintf("Sparse[%d] [%d,+%d) past Size %d", j, f.Offset, f.Length, e.Size)
+		}
+		end = f.Offset + f.Length
 	}
 	return ""
 }

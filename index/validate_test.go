@@ -101,6 +101,22 @@ func TestValidate(t *testing.T) {
 		{"file past tar end", func(x *Index) { x.Entries[1].Offset = 3073 }, "entry 1 \"etc/f\": Offset+Size 3073+1024 past TarSize 4096"},
 		{"huge size", func(x *Index) { x.Entries[1].Size = 1<<63 - 1 }, "past TarSize"},
 		{"offset past tar on a dir", func(x *Index) { x.Entries[0].Offset = 4097 }, "Offset+Size 4097+0"},
+		{"sparse file", func(x *Index) {
+			x.Entries[1].Size, x.Entries[1].Sparse = 1<<40, []Extent{{0, 10}, {10, 5}, {1 << 39, 1000}, {1<<40 - 1, 1}}
+		}, ""},
+		{"all hole", func(x *Index) { x.Entries[1].Size, x.Entries[1].Sparse = 1<<40, []Extent{} }, ""},
+		{"sparse dir", func(x *Index) { x.Entries[0].Sparse = []Extent{} }, "entry 0 \"etc\": Sparse map for a dir"},
+		{"empty fragment", func(x *Index) { x.Entries[1].Sparse = []Extent{{0, 0}} }, "Sparse[0] length 0, want > 0"},
+		{"negative fragment", func(x *Index) { x.Entries[1].Sparse = []Extent{{0, -1}} }, "Sparse[0] length -1"},
+		{"negative fragment offset", func(x *Index) { x.Entries[1].Sparse = []Extent{{-1, 5}} }, "Sparse[0] at -1 starts before"},
+		{"overlapping fragments", func(x *Index) { x.Entries[1].Sparse = []Extent{{0, 10}, {5, 10}} },
+			"Sparse[1] at 5 starts before the previous fragment's end 10"},
+		{"unsorted fragments", func(x *Index) { x.Entries[1].Sparse = []Extent{{100, 10}, {0, 10}} }, "Sparse[1] at 0"},
+		{"fragment past size", func(x *Index) { x.Entries[1].Sparse = []Extent{{1020, 10}} }, "Sparse[0] [1020,+10) past Size 1024"},
+		{"huge fragment", func(x *Index) { x.Entries[1].Sparse = []Extent{{1, 1<<63 - 1}} }, "past Size 1024"},
+		{"fragments past tar end", func(x *Index) {
+			x.Entries[1].Size, x.Entries[1].Sparse = 1<<40, []Extent{{0, 3000}, {5000, 73}}
+		}, "entry 1 \"etc/f\": Offset+StoredSize 1024+3073 past TarSize 4096"},
 		{"hard link without target", func(x *Index) { x.Entries[2].Linkname = "" }, "entry 2 \"etc/h\": Linkname \"\" is empty"},
 		{"hard link leaving root", func(x *Index) { x.Entries[2].Linkname = "../etc/f" }, "Linkname \"../etc/f\" leaves the root"},
 		{"hard link absolute", func(x *Index) { x.Entries[2].Linkname = "/etc/f" }, "Linkname \"/etc/f\" is absolute"},
