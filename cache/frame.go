@@ -351,6 +351,9 @@ func (s *Store) memGet(h string) ([]byte, bool) {
 	if s.mem == nil {
 		return nil, false
 	}
+	if b, ok := s.recent.get(h); ok {
+		return b, true
+	}
 	s.memMu.RLock()
 	defer s.memMu.RUnlock()
 	if s.memClosed {
@@ -364,6 +367,7 @@ func (s *Store) memSet(h string, b []byte) {
 	if s.mem == nil || len(b) == 0 {
 		return
 	}
+	s.recent.put(h, b)
 	s.memMu.RLock()
 	defer s.memMu.RUnlock()
 	if !s.memClosed {

@@ -46,6 +46,7 @@ type Store struct {
 	memMu     sync.RWMutex                     // guards memClosed; read-held around every use of mem, so Close never closes it under a Get or Set
 	mem       *ristretto.Cache[string, []byte] // keyed by hex; nil when the memory tier is off
 	memClosed bool
+	recent    *recentFrames // in front of mem; nil when the memory tier is off
 
 	mu  sync.Mutex // guards rec
 	rec recency
@@ -123,6 +124,7 @@ func Open(cfg Config) (*Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cache: open: memory tier: %w", err)
 		}
+		s.recent = newRecentFrames(max(cfg.MemoryBytes/16, 4<<20))
 	}
 	s.stop, s.cancel = context.WithCancel(context.Background())
 

@@ -252,3 +252,47 @@ func BenchmarkFrameRead(b *testing.B) {
 		}
 	})
 }
+
+func TestSourceReadsAhead(t *testing.T) {
+	e := newEnv(t)
+	ls, err := e.r.Layers(t.Context(), e.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := ls[0].Index
+	if len(x.Frames) < 3 {
+		t.Fatalf("layer has %d frames; the test needs 3", len(x.Frames))
+	}
+	cached := func() (n int) {
+		for _, f := range x.Frames {
+			if e.store.Has(f.Digest) {
+				n++
+			}
+		}
+		return n
+	}
+	// A jump is not sequential: nothing is fetched ahead.
+	src := NewSource(e.client, e.img.Repo, e.store, nil)
+	for _, i := range []int{len(x.Frames) - 1, 0} {
+		if _, err := src.Frame(t.Context(), x, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src.wg.Wait()
+	src.Close()
+	if got := cached(); got != 2 {
+		t.Errorf("after reading two frames out of order, %d frames are cached; want 2", got)
+	}
+	// In order, the next frames follow without being asked for.
+	src = NewSource(e.client, e.img.Repo, e.store, nil)
+	for _, i := range []int{0, 1} {
+		if _, err := src.Frame(t.Context(), x, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src.wg.Wait() // the read-ahead, not cancelled as Close would
+	src.Close()
+	if got := cached(); got < min(len(x.Frames), 2+readahead) {
+		t.Errorf("after reading frames 0 and 1 in order, %d of %d frames are cached; want %d", got, len(x.Frames), min(len(x.Frames), 2+readahead))
+	}
+}

@@ -24,16 +24,76 @@ type Source struct {
 	store  *cache.Store
 	log    *slog.Logger
 
-	mu    sync.Mutex               // guards whole
+	mu    sync.Mutex               // guards whole, last and ahead
 	whole map[digest.Digest]*whole // streamed layers (zstd), one fetch each
+	last  map[digest.Digest]int    // the frame of each layer asked for last
+	ahead map[digest.Digest]int    // the highest frame of each layer fetched ahead
+
+	aheadSem chan struct{} // one token per running read-ahead
+	stop     context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup // read-ahead goroutines, owned by the Source
 }
 
+// readahead is how many frames past a sequential reader are fetched before
+// it asks, at most readaheadLoads at once: a cold sequential read then
+// waits for one round trip per readahead frames, not one per frame.
+const (
+	readahead      = 4
+	readaheadLoads = 4
+)
+
 // NewSource serves layers stored in repo (registry host and repository).
+// Close stops its read-ahead.
 func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.Logger) *Source {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Source{client: client, repo: repo, store: store, log: log, whole: map[digest.Digest]*whole{}}
+	s := &Source{client: client, repo: repo, store: store, log: log,
+		whole: map[digest.Digest]*whole{}, last: map[digest.Digest]int{}, ahead: map[digest.Digest]int{},
+		aheadSem: make(chan struct{}, readaheadLoads)}
+	s.stop, s.cancel = context.WithCancel(context.Background())
+	return s
+}
+
+// Close stops fetching ahead and waits for the fetches running. Frame keeps
+// working without read-ahead. Close is idempotent.
+func (s *Source) Close() {
+	s.cancel()
+	s.wg.Wait()
+}
+
+// fetchAhead starts loading the frames after i when the reader of x moves
+// through it in order. Frames already loading or cached cost a map lookup.
+func (s *Source) fetchAhead(x *index.Index, i int) {
+	s.mu.Lock()
+	prev, seen := s.last[x.Layer]
+	s.last[x.Layer] = i
+	sequential := seen && (prev == i-1 || prev == i)
+	from := max(i+1, s.ahead[x.Layer]+1)
+	to := min(i+readahead, len(x.Frames)-1)
+	if sequential && from <= to {
+		s.ahead[x.Layer] = to
+	}
+	s.mu.Unlock()
+	if !sequential || s.stop.Err() != nil {
+		return
+	}
+	for j := from; j <= to; j++ {
+		select {
+		case s.aheadSem <- struct{}{}:
+		default:
+			return // enough running; the reader will ask again
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-s.aheadSem }()
+			if _, err := s.frame(s.stop, x, j); err != nil && s.stop.Err() == nil {
+				s.log.Debug("read-ahead failed", "layer", x.Layer, "frame", j, "err", err)
+			}
+		}()
+	}
 }
 
 // corruptFetches bounds how often one read fetches a frame whose bytes do
@@ -41,8 +101,16 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 // fails with EIO.
 const corruptFetches = 3
 
-// Frame returns frame i of layer x.
+// Frame returns frame i of layer x. When reads move through a layer in
+// order, the next frames are fetched ahead in the background.
 func (s *Source) Frame(ctx context.Context, x *index.Index, i int) ([]byte, error) {
+	if x.Format != index.FormatZstd {
+		s.fetchAhead(x, i)
+	}
+	return s.frame(ctx, x, i)
+}
+
+func (s *Source) frame(ctx context.Context, x *index.Index, i int) ([]byte, error) {
 	f := &x.Frames[i]
 	var err error
 	for attempt := 1; attempt <= corruptFetches; attempt++ {

@@ -132,6 +132,7 @@ func (r *Runtime) run(ctx context.Context, c *Container, img *fetch.Image, ls []
 		idxs[i] = l.Index
 	}
 	src := layers.NewSource(r.cfg.Client, img.Repo, r.cfg.Store, r.log)
+	defer src.Close() // after the unmount below: no read can come in later
 	m, err := fusefs.MountLayers(c.lowerDir(), idxs, src, fusefs.Config{FSName: "lazyfs:" + c.Image, Logger: r.log})
 	if err != nil {
 		return setupErr(err)

@@ -410,5 +410,6 @@ func TestMountLargeImage(t *testing.T) {
 	start = time.Now()
 	testutil.CompareTreesWith(t, want, m.dir, testutil.CompareOptions{IgnoreRootMeta: true})
 	t.Logf("compared both trees in %v", time.Since(start))
-	m.stop(t)
+	report := m.stop(t)
+	t.Logf("%s", report[strings.LastIndex(strings.TrimSpace(report), "\n")+1:])
 }
