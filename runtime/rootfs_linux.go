@@ -59,7 +59,11 @@ func mountRoot(p *rootfsPlan) error {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make / private: %w", err)
 	}
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s",
+	// The features that would write overlay-private xattrs into the upper
+	// (redirects, metacopy, the inode index) stay off whatever the kernel's
+	// defaults: the upper must stay a plain layer that commit can read and
+	// that fusefs' own copy-on-write produces too.
+	opts := fmt.Sprintf("redirect_dir=off,index=off,metacopy=off,xino=off,lowerdir=%s,upperdir=%s,workdir=%s",
 		strings.Join(escapeOverlay(p.Lower), ":"), escapeOverlay([]string{p.Upper})[0], escapeOverlay([]string{p.Work})[0])
 	if err := unix.Mount("overlay", p.Rootfs, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("mount overlay on %s: %w", p.Rootfs, err)

@@ -201,7 +201,7 @@ func differentialImages(t *testing.T) map[string][]testutil.Layer {
 		{Path: "added/in/three/levels", Data: bytes.Repeat([]byte("three "), 100000)},
 	}
 	topTar := testutil.Tar(t, top)
-	return map[string][]testutil.Layer{
+	images := map[string][]testutil.Layer{
 		"busybox": {testutil.WriteLayerDir(t, testutil.BusyboxRoot(t), types.OCILayer)},
 		"three layers: gzip, tar, gzip members": {
 			{Blob: testutil.Gzip(t, testutil.Tar(t, base), 6)},
@@ -209,6 +209,53 @@ func differentialImages(t *testing.T) map[string][]testutil.Layer {
 			{Blob: testutil.GzipMembers(t, topTar, 4)},
 		},
 	}
+	if sparse := gnuSparseLayers(t); sparse != nil {
+		images["gnu sparse files"] = sparse
+	}
+	return images
+}
+
+// gnuSparseLayers makes two layers with GNU tar --sparse, PAX 1.0 and the
+// old GNU form, from files with holes as `tar -S` writes them; nil without
+// GNU tar.
+func gnuSparseLayers(t *testing.T) []testutil.Layer {
+	t.Helper()
+	if out, err := exec.Command("tar", "--version").Output(); err != nil || !strings.Contains(string(out), "GNU tar") {
+		t.Logf("no GNU tar: the sparse image is left out")
+		return nil
+	}
+	var layers []testutil.Layer
+	for _, format := range []string{"posix", "gnu"} {
+		dir := filepath.Join(t.TempDir(), format)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		write := func(name string, size int64, at ...int64) {
+			f, err := os.Create(filepath.Join(dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if err := f.Truncate(size); err != nil {
+				t.Fatal(err)
+			}
+			for _, off := range at {
+				if _, err := fmt.Fprintf(io.NewOffsetWriter(f, off), "data at %d\n", off); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		write("holes", 48<<20, 0, 5<<20+3, 20<<20, 48<<20-12)
+		write("ends-in-hole", 16<<20, 1<<20)
+		write("all-hole", 8<<20)
+		out, err := exec.Command("tar", "--sparse", "--format="+format, "--owner=0", "--group=0",
+			"-C", filepath.Dir(dir), "-cf", "-", format).Output()
+		if err != nil {
+			t.Fatalf("tar --sparse --format=%s: %v", format, err)
+		}
+		layers = append(layers, testutil.Layer{Blob: testutil.Gzip(t, out, 6)})
+	}
+	return layers
 }
 
 func TestMountMatchesReferenceUnpack(t *testing.T) {

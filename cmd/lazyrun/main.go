@@ -85,6 +85,7 @@ func newRootCommand(stdin io.Reader, stdout, stderr io.Writer, code *exitCoder) 
 		newRunCommand(g, stdin, code),
 		newPsCommand(g),
 		newRmCommand(g),
+		newCommitCommand(g),
 	)
 	return root
 }

@@ -315,6 +315,9 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 		return nil
 	}
 	typ := hdr.Typeflag // archive/tar already turned the old TypeRegA into TypeReg
+	if typ == tar.TypeGNUSparse {
+		typ = tar.TypeReg // archive/tar reads it with its holes filled in
+	}
 	switch typ {
 	case tar.TypeXGlobalHeader:
 		return nil

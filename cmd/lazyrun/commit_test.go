@@ -1,0 +1,227 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
+
+	"github.com/lazyfs/lazyfs/internal/testutil"
+)
+
+// registryGet reads one manifest or blob path ("committed/manifests/v1")
+// of the test registry.
+func registryGet(t *testing.T, reg *testutil.Registry, p string) []byte {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, reg.URL()+"/v2/"+p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", strings.Join([]string{ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageIndex,
+		"application/vnd.docker.distribution.manifest.v2+json"}, ","))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %d %s, %v", p, resp.StatusCode, b, err)
+	}
+	return b
+}
+
+func registryJSON(t *testing.T, reg *testutil.Registry, p string, v any) []byte {
+	t.Helper()
+	b := registryGet(t, reg, p)
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("GET %s: %v", p, err)
+	}
+	return b
+}
+
+func TestCommit(t *testing.T) {
+	requireRoot(t)
+	reg := testutil.StartRegistry(t)
+	base := testutil.BusyboxRoot(t)
+	for p, c := range map[string]string{
+		"etc/motd":         "welcome\n",
+		"home/doc.txt":     "doc\n",
+		"opt/app/config":   "v1\n",
+		"opt/app/lib/x.so": "lib\n",
+	} {
+		if err := os.MkdirAll(filepath.Join(base, filepath.Dir(p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(base, p), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	layer := testutil.WriteLayerDir(t, base, types.OCILayer)
+	ref, _ := testutil.PushImage(t, reg.Addr, "busybox", []testutil.Layer{layer},
+		testutil.ImageConfig{Config: v1.Config{Env: []string{"PATH=/bin"}, Cmd: []string{"sh"}}})
+	e := &env{root: t.TempDir(), ref: ref}
+	t.Cleanup(func() { e.checkClean(t) })
+
+	script := `set -e
+echo written > /tmp/new.txt
+mkdir -p /data/sub && echo deep > /data/sub/f
+ln /data/sub/f /data/hard
+ln -s ../etc/passwd /data/sym
+chown 65534:65534 /data/sub/f
+mv /home/doc.txt /home/renamed.txt
+rm /etc/motd
+echo appended >> /etc/passwd
+rm -rf /opt/app
+mkdir /opt/app
+echo fresh > /opt/app/config2`
+	e.mustRun(t, "run", "--name", "writer", ref, "sh", "-c", script)
+
+	newRef := reg.Addr + "/committed:v1"
+	out := e.mustRun(t, "commit", "-m", "the message", "-a", "Jane <jane@example.com>", "writer", newRef)
+	manifest := registryGet(t, reg, "committed/manifests/v1")
+	if want := digest.FromBytes(manifest).String() + "\n"; out != want {
+		t.Errorf("commit printed %q, want the manifest digest %q", out, want)
+	}
+
+	// A fresh root: nothing cached, no local index.
+	fresh := &env{root: t.TempDir(), ref: newRef}
+	t.Cleanup(func() { fresh.checkClean(t) })
+	check := `cat /tmp/new.txt /data/sub/f /data/hard /home/renamed.txt /opt/app/config2
+stat -c '%h %u:%g' /data/hard
+readlink /data/sym
+tail -n 1 /etc/passwd
+ls /opt/app /home
+test ! -e /home/doc.txt && test ! -e /etc/motd && test ! -e /opt/app/config && test ! -e /opt/app/lib && echo gone`
+	r := fresh.lazyrun(t, "", "run", "--rm", newRef, "sh", "-c", check)
+	want := "written\ndeep\ndeep\ndoc\nfresh\n2 65534:65534\n../etc/passwd\nappended\n/home:\nrenamed.txt\n\n/opt/app:\nconfig2\ngone\n"
+	if r.code != 0 || r.stdout != want {
+		t.Errorf("run %s = exit %d\n%s\nwant\n%s\nstderr: %s", newRef, r.code, r.stdout, want, r.stderr)
+	}
+	if strings.Contains(r.stderr, "building it") {
+		t.Errorf("run %s built an index: the committed image's index artifact was not used\n%s", newRef, r.stderr)
+	}
+
+	// The run found the index artifact: it fetched its index blobs.
+	var m ocispec.Manifest
+	if err := json.Unmarshal(manifest, &m); err != nil {
+		t.Fatal(err)
+	}
+	var fallback ocispec.Index
+	registryJSON(t, reg, "committed/manifests/"+strings.Replace(digest.FromBytes(manifest).String(), ":", "-", 1), &fallback)
+	if len(fallback.Manifests) != 1 {
+		t.Fatalf("index artifacts of %s = %d, want 1", newRef, len(fallback.Manifests))
+	}
+	var art ocispec.Manifest
+	registryJSON(t, reg, "committed/manifests/"+fallback.Manifests[0].Digest.String(), &art)
+	if art.ArtifactType != "application/vnd.lazyfs.index.v1" || len(art.Layers) != len(m.Layers) {
+		t.Fatalf("index artifact = %s with %d blobs, want one per layer (%d)", art.ArtifactType, len(art.Layers), len(m.Layers))
+	}
+	got := map[digest.Digest]bool{}
+	for _, g := range reg.BlobGets(t) {
+		if g.Method == http.MethodGet && g.Repo == "committed" && g.Status == http.StatusOK {
+			got[g.Digest] = true
+		}
+	}
+	for i, b := range art.Layers {
+		if b.Annotations["dev.lazyfs.layer.digest"] != m.Layers[i].Digest.String() {
+			t.Errorf("index blob %d describes %s, want layer %s", i, b.Annotations["dev.lazyfs.layer.digest"], m.Layers[i].Digest)
+		}
+		if !got[b.Digest] {
+			t.Errorf("the run did not fetch index blob %s of layer %d", b.Digest, i)
+		}
+	}
+
+	// The image: the base's layer and config plus one layer and a history
+	// entry with -m and -a.
+	if len(m.Layers) != 2 || m.Layers[0].Digest != layer.Digest || m.MediaType != ocispec.MediaTypeImageManifest ||
+		m.Layers[1].MediaType != ocispec.MediaTypeImageLayerGzip {
+		t.Errorf("manifest %s: layers %+v; want the base's %s and a gzip layer", m.MediaType, m.Layers, layer.Digest)
+	}
+	var cfg ocispec.Image
+	registryJSON(t, reg, "committed/blobs/"+m.Config.Digest.String(), &cfg)
+	h := cfg.History[len(cfg.History)-1]
+	if len(cfg.RootFS.DiffIDs) != 2 || cfg.RootFS.DiffIDs[0] != layer.DiffID || cfg.Author != "Jane <jane@example.com>" ||
+		h.Comment != "the message" || h.Author != cfg.Author || !strings.HasPrefix(h.CreatedBy, "sh -c set -e") ||
+		len(cfg.History) != 2 || strings.Join(cfg.Config.Env, " ") != "PATH=/bin" {
+		t.Errorf("config = %+v", cfg)
+	}
+
+	// The committed layers unpacked with OCI rules are what the container
+	// saw: its upper over the base tree, mounted read-only by overlayfs.
+	unpacked := t.TempDir()
+	var blobs []testutil.Layer
+	for _, l := range m.Layers {
+		blobs = append(blobs, testutil.Layer{Blob: registryGet(t, reg, "committed/blobs/"+l.Digest.String()), MediaType: types.MediaType(l.MediaType)})
+	}
+	testutil.UnpackLayers(t, unpacked, blobs)
+	uppers, err := filepath.Glob(filepath.Join(e.root, "containers", "*", "upper"))
+	if err != nil || len(uppers) != 1 {
+		t.Fatalf("upper dirs = %v, %v", uppers, err)
+	}
+	saw := filepath.Join(t.TempDir(), "merged")
+	if err := os.Mkdir(saw, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("overlay", saw, "overlay", unix.MS_RDONLY, "lowerdir="+uppers[0]+":"+base); err != nil {
+		t.Fatalf("mount the container's view: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(saw, 0) })
+	testutil.CompareTreesWith(t, saw, unpacked, testutil.CompareOptions{IgnoreRootMeta: true})
+}
+
+func TestCommitErrors(t *testing.T) {
+	e := newEnv(t, v1.Config{})
+	newRef := strings.Replace(e.ref, "busybox", "other", 1)
+	if r := e.lazyrun(t, "", "commit", "nosuch", newRef); r.code != 1 || !strings.Contains(r.stderr, "no such container") {
+		t.Errorf("commit nosuch = exit %d, %q; want 1, no such container", r.code, r.stderr)
+	}
+	e.mustRun(t, "run", "--name", "done", e.ref, "true")
+	for _, bad := range []string{"Not A Ref", newRef + "@" + digest.FromString("x").String()} {
+		if r := e.lazyrun(t, "", "commit", "done", bad); r.code != 1 || !strings.Contains(r.stderr, "invalid reference") {
+			t.Errorf("commit done %q = exit %d, %q; want 1, invalid reference", bad, r.code, r.stderr)
+		}
+	}
+	if r := e.lazyrun(t, "", "commit", "done"); r.code != 125 {
+		t.Errorf("commit with one argument = exit %d, want 125", r.code)
+	}
+
+	// A running container is refused.
+	cmd := exec.Command(lazyrunBin, "--root", e.root, "run", "--name", "busy", e.ref, "sh", "-c", "echo ready; sleep 1000")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("container did not start: %q, %v, %s", line, err, stderr.String())
+	}
+	r := e.lazyrun(t, "", "commit", "busy", newRef)
+	if r.code != 1 || !strings.Contains(r.stderr, "is running") {
+		t.Errorf("commit of a running container = exit %d, %q; want 1, is running", r.code, r.stderr)
+	}
+	if r.stdout != "" {
+		t.Errorf("commit of a running container printed %q", r.stdout)
+	}
+}
