@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sys/unix"
@@ -304,5 +306,58 @@ func TestRunSignalStopsContainer(t *testing.T) {
 	}
 	if cs, _ := os.ReadDir(filepath.Join(e.root, "containers")); len(cs) != 0 {
 		t.Errorf("--rm left %d containers", len(cs))
+	}
+}
+
+// With -it the container gets a terminal with the caller's window size, and
+// lazyrun relays it. The terminal is allocated on the host and bound on the
+// container's /dev/console (runc allocates it in the container's devpts, so
+// docker's `tty` says /dev/pts/0).
+func TestRunTerminal(t *testing.T) {
+	e := newEnv(t, v1.Config{})
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptmx.Close()
+	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 33, Cols: 101}); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(lazyrunBin, "--root", e.root, "run", "--rm", "-it", e.ref, "sh")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tty.Close()
+	if _, err := ptmx.WriteString("tty; stty size; exit 5\n"); err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan string, 1)
+	go func() {
+		var b bytes.Buffer
+		io.Copy(&b, ptmx) // ends with EIO once lazyrun and the container are gone
+		out <- b.String()
+	}()
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	select {
+	case err = <-waited:
+	case <-time.After(time.Minute):
+		cmd.Process.Kill()
+		t.Fatal("lazyrun -it did not exit")
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 5 {
+		t.Errorf("lazyrun run -it sh with exit 5: %v", err)
+	}
+	got := <-out
+	if strings.Contains(got, "not a tty") {
+		t.Errorf("the container has no terminal:\n%q", got)
+	}
+	for _, want := range []string{"/dev/console", "33 101"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("terminal output lacks %q:\n%q", want, got)
+		}
 	}
 }
