@@ -88,7 +88,7 @@ func (e *StartError) Unwrap() error { return e.Err }
 // log says so. A failure to set the container up is a *StartError.
 func (r *Runtime) Run(ctx context.Context, ref string, opt RunOptions) (int, error) {
 	start := time.Now()
-	img, err := r.cfg.Client.Resolve(ctx, ref)
+	img, err := r.ResolveImage(ctx, ref) // records the image; without the registry, the recorded one
 	if err != nil {
 		return ExitSetup, &StartError{ExitSetup, err}
 	}

@@ -85,6 +85,8 @@ func newRootCommand(stdin io.Reader, stdout, stderr io.Writer, code *exitCoder) 
 		newRunCommand(g, stdin, code),
 		newPsCommand(g),
 		newRmCommand(g),
+		newPullCommand(g),
+		newImagesCommand(g),
 		newCommitCommand(g),
 	)
 	return root
