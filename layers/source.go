@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -29,6 +30,8 @@ type Source struct {
 	last  map[digest.Digest]int    // the frame of each layer asked for last
 	ahead map[digest.Digest]int    // the highest frame of each layer fetched ahead
 
+	readTimeout time.Duration // how long one read waits for a frame before EIO
+
 	aheadSem chan struct{} // one token per running read-ahead
 	stop     context.Context
 	cancel   context.CancelFunc
@@ -43,6 +46,12 @@ const (
 	readaheadLoads = 4
 )
 
+// DefaultReadTimeout bounds how long a read waits for a frame that is not
+// cached: past it the read fails (EIO at the mount) while the fetch goes on
+// for later readers. stargz and SOCI wait up to 300 s; a container whose
+// registry is gone should learn it sooner.
+const DefaultReadTimeout = 10 * time.Second
+
 // NewSource serves layers stored in repo (registry host and repository).
 // Close stops its read-ahead.
 func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.Logger) *Source {
@@ -51,10 +60,15 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 	}
 	s := &Source{client: client, repo: repo, store: store, log: log,
 		whole: map[digest.Digest]*whole{}, last: map[digest.Digest]int{}, ahead: map[digest.Digest]int{},
-		aheadSem: make(chan struct{}, readaheadLoads)}
+		aheadSem: make(chan struct{}, readaheadLoads), readTimeout: DefaultReadTimeout}
 	s.stop, s.cancel = context.WithCancel(context.Background())
 	return s
 }
+
+// SetReadTimeout sets how long a read waits for a frame (DefaultReadTimeout
+// unless set; 0 or less means no limit but the fetch's own). Call it before
+// the first Frame.
+func (s *Source) SetReadTimeout(d time.Duration) { s.readTimeout = d }
 
 // Close stops fetching ahead and waits for the fetches running. Frame keeps
 // working without read-ahead. Close is idempotent.
@@ -107,7 +121,16 @@ func (s *Source) Frame(ctx context.Context, x *index.Index, i int) ([]byte, erro
 	if x.Format != index.FormatZstd {
 		s.fetchAhead(x, i)
 	}
-	return s.frame(ctx, x, i)
+	if s.readTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.readTimeout)
+		defer cancel()
+	}
+	data, err := s.frame(ctx, x, i)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+		return nil, fmt.Errorf("frame %d of layer %s: not fetched within %v: %w", i, x.Layer, s.readTimeout, err)
+	}
+	return data, err
 }
 
 func (s *Source) frame(ctx context.Context, x *index.Index, i int) ([]byte, error) {

@@ -33,6 +33,9 @@ type Config struct {
 	// StopTimeout is how long a container has to exit after SIGTERM or
 	// SIGINT before it is killed; 0 = 10 s, as docker stop's default.
 	StopTimeout time.Duration
+	// ReadTimeout bounds how long a read of the image waits for a frame
+	// before it fails with EIO; 0 = layers.DefaultReadTimeout.
+	ReadTimeout time.Duration
 	Logger      *slog.Logger // nil = silent
 }
 
@@ -46,6 +49,9 @@ type Runtime struct {
 func New(cfg Config) *Runtime {
 	if cfg.StopTimeout <= 0 {
 		cfg.StopTimeout = 10 * time.Second
+	}
+	if cfg.ReadTimeout == 0 {
+		cfg.ReadTimeout = layers.DefaultReadTimeout
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -132,6 +138,7 @@ func (r *Runtime) run(ctx context.Context, c *Container, img *fetch.Image, ls []
 		idxs[i] = l.Index
 	}
 	src := layers.NewSource(r.cfg.Client, img.Repo, r.cfg.Store, r.log)
+	src.SetReadTimeout(r.cfg.ReadTimeout)
 	defer src.Close() // after the unmount below: no read can come in later
 	m, err := fusefs.MountLayers(c.lowerDir(), idxs, src, fusefs.Config{FSName: "lazyfs:" + c.Image, Logger: r.log})
 	if err != nil {

@@ -340,18 +340,25 @@ func TestRegistryFaults(t *testing.T) {
 		name    string
 		inject  func()
 		wantEIO bool
+		args    []string
 	}{
-		{"a few 500s are retried", func() { proxy.Fail(500, 2) }, false},
-		{"a reset is retried", func() { proxy.Reset(1) }, false},
-		{"a stall is cut by the deadline and retried", func() { proxy.Stall(1, time.Minute) }, false},
-		{"a short body is retried", func() { proxy.Short(1) }, false},
-		{"a corrupted body is fetched again", func() { proxy.Corrupt(1) }, false},
-		{"endless 503s end in EIO", func() { proxy.Fail(503, 1000) }, true},
-		{"endless corruption ends in EIO", func() { proxy.Corrupt(1000) }, true},
+		{"a few 500s are retried", func() { proxy.Fail(500, 2) }, false, nil},
+		{"a reset is retried", func() { proxy.Reset(1) }, false, nil},
+		{"a stall is cut by the deadline and retried", func() { proxy.Stall(1, time.Minute) }, false, nil},
+		{"a short body is retried", func() { proxy.Short(1) }, false, nil},
+		{"a corrupted body is fetched again", func() { proxy.Corrupt(1) }, false, nil},
+		{"endless 503s end in EIO", func() { proxy.Fail(503, 1000) }, true, nil},
+		{"endless corruption ends in EIO", func() { proxy.Corrupt(1000) }, true, nil},
+		{"an endless stall ends in EIO at the read timeout", func() { proxy.Stall(1000, time.Minute) }, true,
+			[]string{"--fetch-timeout", "8s", "--retries", "1", "--read-timeout", "3s"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// Each case starts cold: its own root, so nothing is cached.
-			m := mount(t, t.TempDir(), ref, "--fetch-timeout", "2s", "--retries", "3")
+			args := tc.args
+			if args == nil {
+				args = []string{"--fetch-timeout", "2s", "--retries", "3"}
+			}
+			m := mount(t, t.TempDir(), ref, args...)
 			proxy.ClearFaults()
 			tc.inject()
 			start := time.Now()
@@ -375,19 +382,34 @@ func TestRegistryFaults(t *testing.T) {
 			if err == nil && !bytes.Equal(buf, wantBig[off:off+len(buf)]) {
 				t.Fatalf("read under %s returned wrong bytes", tc.name)
 			}
+			// The timeout bounds each frame a read waits for; a read the
+			// kernel made 1 MiB long spans at most two.
+			if tc.args != nil && took > 7*time.Second {
+				t.Errorf("read under %s took %v; want EIO at the 3 s read timeout per frame", tc.name, took)
+			}
 			if took > 30*time.Second {
 				t.Errorf("read under %s took %v; want a bounded failure or success", tc.name, took)
 			}
 			if tc.wantEIO {
-				// The failure is not remembered: the same read works once the registry does.
-				f, err := os.Open(filepath.Join(m.dir, "big/random"))
-				if err != nil {
-					t.Fatal(err)
-				}
-				_, err = f.ReadAt(buf, off)
-				f.Close()
-				if err != nil || !bytes.Equal(buf, wantBig[off:off+len(buf)]) {
-					t.Errorf("read after the registry recovered: %v", err)
+				// The failure is not remembered: the same read works once the
+				// registry does. A fetch stuck on a stalled connection goes on
+				// until its own deadline (--fetch-timeout), so that case may
+				// take a few reads.
+				deadline := time.Now().Add(45 * time.Second)
+				for {
+					f, err := os.Open(filepath.Join(m.dir, "big/random"))
+					if err != nil {
+						t.Fatal(err)
+					}
+					_, err = f.ReadAt(buf, off)
+					f.Close()
+					if err == nil && bytes.Equal(buf, wantBig[off:off+len(buf)]) {
+						break
+					}
+					if err == nil || tc.args == nil || time.Now().After(deadline) {
+						t.Errorf("read after the registry recovered: %v", err)
+						break
+					}
 				}
 			}
 			m.stop(t)

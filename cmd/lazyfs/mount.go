@@ -49,6 +49,7 @@ bytes and requests fetched and the cache hits.`,
 				g.Log.Debug("layer ready", "layer", l.Desc.Digest, "origin", l.Origin)
 			}
 			src := layers.NewSource(p.Client, img.Repo, p.Store, g.Log)
+			src.SetReadTimeout(g.ReadTimeout)
 			defer src.Close()
 			m, err := fusefs.MountLayers(dir, idxs, src, fusefs.Config{
 				FSName: "lazyfs:" + ref,

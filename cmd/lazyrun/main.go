@@ -98,6 +98,6 @@ func open(g *cli.Globals) (*runtime.Runtime, *cli.Parts, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	rt := runtime.New(runtime.Config{Root: g.Root, Client: p.Client, Store: p.Store, Resolver: p.Resolver, Logger: g.Log})
+	rt := runtime.New(runtime.Config{Root: g.Root, Client: p.Client, Store: p.Store, Resolver: p.Resolver, ReadTimeout: g.ReadTimeout, Logger: g.Log})
 	return rt, p, nil
 }

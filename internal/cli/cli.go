@@ -31,6 +31,9 @@ type Globals struct {
 	Timeout   time.Duration
 	CacheSize string
 	Retries   int
+	// ReadTimeout bounds how long a read of the mount waits for a frame
+	// before it fails with EIO.
+	ReadTimeout time.Duration
 	Stdout    io.Writer
 	Stderr    io.Writer
 	Log       *slog.Logger // set by Setup
@@ -62,6 +65,7 @@ func (g *Globals) AddFlags(pf *pflag.FlagSet) {
 	pf.DurationVar(&g.Timeout, "fetch-timeout", 30*time.Second, "deadline of each registry request")
 	pf.StringVar(&g.CacheSize, "cache-size", "0", "frames kept on disk before the least recently used are evicted (e.g. 20GB); 0 = no limit")
 	pf.IntVar(&g.Retries, "retries", 4, "retries of a failed registry request (connection errors, 429, 5xx)")
+	pf.DurationVar(&g.ReadTimeout, "read-timeout", layers.DefaultReadTimeout, "how long a read of a file not yet fetched waits before it fails with EIO (0 = as long as the fetch takes)")
 }
 
 // Setup makes the logger from --log-level; call it from PersistentPreRunE.
