@@ -31,6 +31,7 @@ type Source struct {
 	ahead map[digest.Digest]int    // the highest frame of each layer fetched ahead
 
 	readTimeout time.Duration // how long one read waits for a frame before EIO
+	readahead   int           // frames fetched ahead of a sequential reader
 
 	aheadSem chan struct{} // one token per running read-ahead
 	stop     context.Context
@@ -60,7 +61,7 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 	}
 	s := &Source{client: client, repo: repo, store: store, log: log,
 		whole: map[digest.Digest]*whole{}, last: map[digest.Digest]int{}, ahead: map[digest.Digest]int{},
-		aheadSem: make(chan struct{}, readaheadLoads), readTimeout: DefaultReadTimeout}
+		aheadSem: make(chan struct{}, readaheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead}
 	s.stop, s.cancel = context.WithCancel(context.Background())
 	return s
 }
@@ -85,7 +86,7 @@ func (s *Source) fetchAhead(x *index.Index, i int) {
 	s.last[x.Layer] = i
 	sequential := seen && (prev == i-1 || prev == i)
 	from := max(i+1, s.ahead[x.Layer]+1)
-	to := min(i+readahead, len(x.Frames)-1)
+	to := min(i+s.readahead, len(x.Frames)-1)
 	if sequential && from <= to {
 		s.ahead[x.Layer] = to
 	}
