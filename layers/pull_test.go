@@ -258,3 +258,30 @@ func TestPullNoticesTooSmallCache(t *testing.T) {
 		t.Errorf("Pull() into a 1 MiB cache = %v, want an error about the disk limit", err)
 	}
 }
+
+// A zstd layer read lazily, frame by frame from the back, is fetched and
+// decoded once: every frame lands in the cache on the first read.
+func TestSourceDecodesZstdLayerOnce(t *testing.T) {
+	e := newPullEnv(t)
+	x := e.ls[2].Index
+	if len(x.Frames) < 4 {
+		t.Fatalf("zstd layer has %d frames; want several", len(x.Frames))
+	}
+	src := NewSource(e.client, e.img.Repo, e.store, nil)
+	defer src.Close()
+	for i := len(x.Frames) - 1; i >= 0; i-- {
+		data, err := src.Frame(t.Context(), x, i)
+		if err != nil {
+			t.Fatalf("Frame(%d): %v", i, err)
+		}
+		if digest.FromBytes(data) != x.Frames[i].Digest {
+			t.Fatalf("Frame(%d) does not match its digest", i)
+		}
+	}
+	if bs := e.proxy.Stats().Blobs[x.Layer]; bs.Requests != 1 {
+		t.Errorf("zstd layer fetched %d times (%v), want once", bs.Requests, bs.Ranges)
+	}
+	if n := e.cached(x); n != len(x.Frames) {
+		t.Errorf("%d of %d frames cached after the first read", n, len(x.Frames))
+	}
+}

@@ -139,16 +139,23 @@ func (s *Source) frame(ctx context.Context, x *index.Index, i int) ([]byte, erro
 	var err error
 	for attempt := 1; attempt <= corruptFetches; attempt++ {
 		var data []byte
-		data, err = s.store.Frame(ctx, f.Digest, f.Size, func(ctx context.Context) ([]byte, error) {
+		load := func(ctx context.Context) ([]byte, error) {
 			if x.Format == index.FormatZstd {
-				return s.streamed(ctx, x, i)
+				return nil, s.streamed(ctx, x)
 			}
 			comp, err := s.client.ReadRange(ctx, s.repo, x.Layer, f.CompressedOffset, f.CompressedSize)
 			if err != nil {
 				return nil, err
 			}
 			return x.DecodeFrame(i, comp)
-		})
+		}
+		data, err = s.store.Frame(ctx, f.Digest, f.Size, load)
+		if errors.Is(err, errStoredWhole) {
+			data, err = s.store.Frame(ctx, f.Digest, f.Size, load)
+			if errors.Is(err, errStoredWhole) {
+				err = fmt.Errorf("frame %d of layer %s: decoded, but the cache did not keep it (is --cache-size smaller than the layer?)", i, x.Layer)
+			}
+		}
 		if !errors.Is(err, index.ErrCorrupt) {
 			return data, err
 		}
@@ -157,17 +164,22 @@ func (s *Source) frame(ctx context.Context, x *index.Index, i int) ([]byte, erro
 	return nil, fmt.Errorf("frame %d of layer %s: %d fetches gave wrong bytes: %w", i, x.Layer, corruptFetches, err)
 }
 
-// whole is one fetch of an entire layer blob shared by the frames of it.
+// whole is the one decoding of an entire layer blob into the cache, shared
+// by the frames of a layer that cannot be entered in the middle (zstd).
 type whole struct {
 	once sync.Once
-	blob []byte
 	err  error
 }
 
-// streamed serves a frame of a layer that cannot be entered in the middle:
-// the first such read fetches the whole blob once, later frames decode from
-// that copy until the mount ends.
-func (s *Source) streamed(ctx context.Context, x *index.Index, i int) ([]byte, error) {
+// errStoredWhole is what the load of a zstd frame returns once the whole
+// layer has gone into the cache: the frame is then read from there.
+var errStoredWhole = errors.New("layer decoded whole into the cache")
+
+// streamed fills the cache with every frame of a layer that cannot be
+// entered in the middle: the first such read fetches and decodes the blob
+// once (decoding it per frame would decode it once per frame), and every
+// frame waiting for it is then read from the cache.
+func (s *Source) streamed(ctx context.Context, x *index.Index) error {
 	s.mu.Lock()
 	w := s.whole[x.Layer]
 	if w == nil {
@@ -177,7 +189,7 @@ func (s *Source) streamed(ctx context.Context, x *index.Index, i int) ([]byte, e
 	s.mu.Unlock()
 	w.once.Do(func() {
 		s.log.Info("fetching whole layer: its compression is not seekable", "layer", x.Layer, "len", x.BlobSize)
-		w.blob, w.err = s.readWhole(ctx, x)
+		w.err = s.storeWhole(ctx, x)
 	})
 	if w.err != nil {
 		// Let a later read try again rather than remembering the failure.
@@ -186,23 +198,18 @@ func (s *Source) streamed(ctx context.Context, x *index.Index, i int) ([]byte, e
 			delete(s.whole, x.Layer)
 		}
 		s.mu.Unlock()
-		return nil, fmt.Errorf("fetch whole layer %s: %w", x.Layer, w.err)
+		return fmt.Errorf("fetch whole layer %s: %w", x.Layer, w.err)
 	}
-	return x.DecodeFrame(i, w.blob)
+	return errStoredWhole
 }
 
-func (s *Source) readWhole(ctx context.Context, x *index.Index) ([]byte, error) {
+func (s *Source) storeWhole(ctx context.Context, x *index.Index) error {
 	rc, err := s.client.OpenBlob(ctx, s.repo, x.Layer)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer rc.Close()
-	blob, err := io.ReadAll(io.LimitReader(rc, x.BlobSize+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(blob)) != x.BlobSize {
-		return nil, fmt.Errorf("%w: layer is %d bytes, index says %d", index.ErrCorrupt, len(blob), x.BlobSize)
-	}
-	return blob, nil
+	return x.DecodeAll(ctx, io.LimitReader(rc, x.BlobSize), func(i int, b []byte) error {
+		return s.store.Put(ctx, x.Frames[i].Digest, b)
+	})
 }
