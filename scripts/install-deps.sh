@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what lazyfs's tests, benchmarks and scripts need on a Debian
 # (bookworm) machine: Debian's docker-registry, fuse3, busybox-static, pigz,
-# zstd and skopeo (scripts/demo.sh copies images with it) from apt, and
+# zstd, skopeo (scripts/demo.sh copies images with it), containerd (the
+# snapshotter's integration test starts its own; its runc comes along) and
+# debootstrap (testutil.DebianRoot builds Debian images from Debian's packages,
+# cached in /var/cache/lazyfs-test) from apt, and
 # staticcheck with `go install`. Run as root. Idempotent:
 # when everything is there it only checks and exits.
 #
@@ -21,6 +24,8 @@ declare -A probe=(
 	[pigz]=pigz
 	[zstd]=zstd
 	[skopeo]=skopeo
+	[containerd]=/usr/bin/containerd
+	[debootstrap]=/usr/sbin/debootstrap
 )
 
 have() {
@@ -37,7 +42,7 @@ have() {
 }
 
 missing=()
-for pkg in docker-registry fuse3 busybox-static pigz zstd skopeo; do
+for pkg in docker-registry fuse3 busybox-static pigz zstd skopeo containerd debootstrap; do
 	have "$pkg" || missing+=("$pkg")
 done
 
