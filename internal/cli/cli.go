@@ -34,9 +34,9 @@ type Globals struct {
 	// ReadTimeout bounds how long a read of the mount waits for a frame
 	// before it fails with EIO.
 	ReadTimeout time.Duration
-	Stdout    io.Writer
-	Stderr    io.Writer
-	Log       *slog.Logger // set by Setup
+	Stdout      io.Writer
+	Stderr      io.Writer
+	Log         *slog.Logger // set by Setup
 }
 
 // UsageError marks an error as the user's: the command was called wrongly.
