@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 export PATH="$PATH:$(go env GOPATH)/bin"
 # Tests that need FUSE or the registry fail instead of skipping here.
-export LAZYFS_REQUIRE_FUSE=1 LAZYFS_REQUIRE_REGISTRY=1 LAZYFS_REQUIRE_CGROUP=1 LAZYFS_REQUIRE_DEBIAN=1
+export LAZYFS_REQUIRE_FUSE=1 LAZYFS_REQUIRE_REGISTRY=1 LAZYFS_REQUIRE_CGROUP=1 LAZYFS_REQUIRE_DEBIAN=1 LAZYFS_REQUIRE_CONTAINERD=1
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go'))

@@ -29,6 +29,8 @@ func newRootCommand(stdout, stderr io.Writer) *cobra.Command {
 		newInspectCommand(g),
 		newUmountCommand(g),
 		newCacheCommand(g),
+		newSnapshotterCommand(g),
+		newRpullCommand(g),
 	)
 	return root
 }
