@@ -51,7 +51,7 @@ type tarFile struct {
 	body []byte
 }
 
-func makeTar(t *testing.T, files []tarFile) []byte {
+func makeTar(t testing.TB, files []tarFile) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
@@ -75,7 +75,7 @@ func makeTar(t *testing.T, files []tarFile) []byte {
 	return buf.Bytes()
 }
 
-func gzipBytes(t *testing.T, b []byte) []byte {
+func gzipBytes(t testing.TB, b []byte) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
@@ -88,7 +88,7 @@ func gzipBytes(t *testing.T, b []byte) []byte {
 
 // requireFUSE skips when FUSE cannot be mounted here, unless
 // LAZYFS_REQUIRE_FUSE=1 (CI) makes that a failure.
-func requireFUSE(t *testing.T) {
+func requireFUSE(t testing.TB) {
 	t.Helper()
 	_, err := os.Stat("/dev/fuse")
 	if err == nil && os.Geteuid() == 0 {
@@ -347,7 +347,7 @@ func pseudoBytes(n int, seed byte) []byte {
 	return b
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)

@@ -46,11 +46,16 @@ func (l *lowerNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 }
 
 func (l *lowerNode) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	e := l.n.entry
+	return l.fs.read(ctx, l.n, dest, off)
+}
+
+// read reads the content of a lower regular file.
+func (f *fileSystem) read(ctx context.Context, n *node, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	e := n.entry
 	if e == nil || e.Type != index.TypeReg {
 		return nil, syscall.EISDIR
 	}
-	x := l.fs.layers[l.n.layer]
+	x := f.layers[n.layer]
 	got := 0
 	// Pieces clips the read to the file; holes (of sparse files) read as zeros.
 	for _, p := range e.Pieces(off, int64(len(dest))) {
@@ -60,8 +65,8 @@ func (l *lowerNode) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off 
 			clear(buf)
 			continue
 		}
-		if frame, err := l.fs.readStream(ctx, x, p.Stream, buf); err != nil {
-			return nil, l.fs.errno(ctx, "read", e.Path, err, slog.Int64("off", off), slog.Int("frame", frame))
+		if frame, err := f.readStream(ctx, x, p.Stream, buf); err != nil {
+			return nil, f.errno(ctx, "read", e.Path, err, slog.Int64("off", off), slog.Int("frame", frame))
 		}
 	}
 	return fuse.ReadResultData(dest[:got]), 0
