@@ -60,7 +60,8 @@ func (img *Image) Descriptor() ocispec.Descriptor {
 // Config.Platform; if it has none, the error wraps ErrNoPlatform and lists
 // the platforms it has. An unknown tag, digest or repository gives an error
 // wrapping ErrNotFound. Manifests are verified against their digest when
-// asked by digest or picked from an index; the config always is.
+// asked by digest or picked from an index; the config always is, and must
+// be as long as its descriptor says (else ErrDigestMismatch).
 //
 // Safe for concurrent use.
 func (c *Client) Resolve(ctx context.Context, ref string) (*Image, error) {
@@ -113,6 +114,11 @@ func (c *Client) Resolve(ctx context.Context, ref string) (*Image, error) {
 	img.RawConfig, err = c.readBlob(ctx, cn, cd.Digest, cd.Size)
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: config %s: %w", ref, cd.Digest, err)
+	}
+	if int64(len(img.RawConfig)) != cd.Size {
+		// The digest matched, so the descriptor lies about the size.
+		return nil, fmt.Errorf("resolve %s: config %s: %d bytes, the manifest says %d: %w",
+			ref, cd.Digest, len(img.RawConfig), cd.Size, ErrDigestMismatch)
 	}
 	if err := json.Unmarshal(img.RawConfig, &img.Config); err != nil {
 		return nil, fmt.Errorf("resolve %s: parse config %s: %w", ref, cd.Digest, err)

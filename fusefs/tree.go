@@ -47,7 +47,7 @@ func mergeLayers(layers []*index.Index, log *slog.Logger) (*tree, error) {
 			if !strings.HasPrefix(base, whiteoutPrefix) {
 				continue
 			}
-			parent := t.lookup(strings.TrimSuffix(dir, "/"))
+			parent := t.resolveDir(strings.TrimSuffix(dir, "/"), false)
 			if parent == nil || !parent.isDir() {
 				continue
 			}
@@ -88,24 +88,73 @@ func (t *tree) lookup(p string) *node {
 	return n
 }
 
-// parentDir returns the directory that holds p, creating directories no
-// layer names; a non-directory in the way is replaced, as a later layer's
-// directory replaces a lower layer's file.
+// maxSymlinks bounds the symlinks followed while resolving one path, as
+// the kernel's 40.
+const maxSymlinks = 40
+
+// parentDir returns the directory that holds p, resolved as containerd's
+// fs.RootPath and docker's chrooted unpack resolve it: a symlink on the way
+// (a lower layer's "bin -> usr/bin") is followed inside the root, so
+// "bin/tool" lands in usr/bin. Directories no layer names are created; a
+// non-directory in the way is replaced, as a later layer's directory
+// replaces a lower layer's file.
 func (t *tree) parentDir(p string) *node {
-	n := t.root
-	dir := path.Dir(p)
-	if dir == "." {
-		return n
+	return t.resolveDir(path.Dir(p), true)
+}
+
+// resolveDir returns the directory at dir (cleaned, relative; "." or "" is
+// the root), following symlinks inside the root. Without create it returns
+// nil where the path does not lead to a directory.
+func (t *tree) resolveDir(dir string, create bool) *node {
+	names := []string{}
+	if dir != "." && dir != "" {
+		names = strings.Split(dir, "/")
 	}
-	for name := range strings.SplitSeq(dir, "/") {
+	n, at := t.root, []string{} // at: the resolved path of n
+	for followed := 0; len(names) > 0; {
+		name := names[0]
+		names = names[1:]
 		child := n.children[name]
+		if child != nil && child.entry != nil && child.entry.Type == index.TypeSymlink && followed < maxSymlinks {
+			followed++
+			target := child.entry.Linkname
+			if !path.IsAbs(target) {
+				target = path.Join(append(append([]string{"/"}, at...), target)...)
+			}
+			// Cleaned from the root, ".." cannot climb out of it.
+			resolved := strings.TrimPrefix(path.Clean("/"+target), "/")
+			rest := names
+			names = nil
+			if resolved != "" {
+				names = strings.Split(resolved, "/")
+			}
+			names = append(names, rest...)
+			n, at = t.root, at[:0]
+			continue
+		}
 		if child == nil || !child.isDir() {
+			if !create {
+				return nil
+			}
 			child = &node{children: map[string]*node{}}
 			n.children[name] = child
 		}
-		n = child
+		n, at = child, append(at, name)
 	}
 	return n
+}
+
+// lookupEntry returns the node at p with its parent directories resolved
+// as parentDir does, and the last element not followed; nil if none.
+func (t *tree) lookupEntry(p string) *node {
+	if p == "" || p == "." {
+		return t.root
+	}
+	parent := t.resolveDir(path.Dir(p), false)
+	if parent == nil {
+		return nil
+	}
+	return parent.children[path.Base(p)]
 }
 
 func (t *tree) add(layer int, e *index.Entry, log *slog.Logger) error {
@@ -120,7 +169,7 @@ func (t *tree) add(layer int, e *index.Entry, log *slog.Logger) error {
 		}
 		parent.children[name] = &node{entry: e, layer: layer, children: map[string]*node{}}
 	case index.TypeHardlink:
-		target := t.lookup(e.Linkname)
+		target := t.lookupEntry(e.Linkname)
 		if target == nil || target.isDir() {
 			// A link to nothing cannot be served; the rest of the layer can.
 			log.Warn("hard link target missing, entry skipped", "path", e.Path, "target", e.Linkname)

@@ -21,10 +21,36 @@ import (
 // file fetches little, large enough that windows stay a few percent of a layer.
 const DefaultSpan = 1 << 20
 
+// MaxSpan is the largest BuildOptions.Span.
+const MaxSpan = 32 << 20
+
+// MaxFrameSize bounds a frame's uncompressed size, and so what decoding one
+// frame allocates. A tar or zstd frame is at most a span long; a gzip frame
+// is a span plus the rest of the deflate block the span ends in. The
+// encoders in use (zlib and so gzip and pigz, Go's compress/flate,
+// klauspost/compress) end a block after at most 32 768 symbols, 8.4 MB of
+// output; a block that yields more than MaxFrameSize-MaxSpan bytes is a
+// gzip bomb made by hand (one block of gigabytes of zeros), and Build
+// refuses the layer as soon as a frame grows past MaxFrameSize. An index
+// that records a longer frame is corrupt (Validate).
+const MaxFrameSize = 64 << 20
+
 // BuildOptions tune index building. The zero value is usable.
 type BuildOptions struct {
 	Span int64 // uncompressed bytes between frame starts; 0 = DefaultSpan
+	// MaxEntries bounds the entries of a layer (a tar bomb of empty files
+	// costs ~700 bytes of memory per entry here and again in a mount);
+	// 0 = DefaultMaxEntries.
+	MaxEntries int
+	// MaxWindowBytes bounds the deflate windows a gzip index keeps, 32 KiB
+	// per frame (a gzip bomb of zeros has a frame per ~4 MiB); 0 = 2 GiB,
+	// the most an index encoding may decode to.
+	MaxWindowBytes int64
 }
+
+// DefaultMaxEntries is BuildOptions.MaxEntries' default: four times the
+// largest layers seen in the wild (a few hundred thousand files).
+const DefaultMaxEntries = 1 << 22
 
 var (
 	gzipMagic = []byte{0x1f, 0x8b}
@@ -41,23 +67,33 @@ func Build(ctx context.Context, layer digest.Digest, r io.Reader, opt BuildOptio
 	if span <= 0 {
 		span = DefaultSpan
 	}
+	if span > MaxSpan {
+		return nil, fmt.Errorf("index %s: span of %d bytes: %w (at most %d)", layer, span, ErrUnsupported, int64(MaxSpan))
+	}
 	blob := &countingReader{r: &ctxReader{ctx: ctx, r: r}}
 	br := bufio.NewReaderSize(blob, 1<<16)
 	head, err := br.Peek(4)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("index %s: %w", layer, err)
 	}
+	if opt.MaxEntries <= 0 {
+		opt.MaxEntries = DefaultMaxEntries
+	}
+	if opt.MaxWindowBytes <= 0 {
+		opt.MaxWindowBytes = encMaxDecoded
+	}
+	opt.Span = span
 	x := &Index{Layer: layer}
 	switch {
 	case bytes.HasPrefix(head, gzipMagic):
 		x.Format = FormatGzip
-		err = buildGzip(x, br, span)
+		err = buildGzip(x, br, opt)
 	case bytes.HasPrefix(head, zstdMagic):
 		x.Format = FormatZstd
-		err = buildZstd(x, br, span)
+		err = buildZstd(x, br, opt)
 	default:
 		x.Format = FormatTar
-		err = buildTar(x, br, span)
+		err = buildTar(x, br, opt)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("index %s layer %s: %w", x.Format, layer, err)
@@ -77,11 +113,11 @@ func Build(ctx context.Context, layer digest.Digest, r io.Reader, opt BuildOptio
 
 // buildTar cuts an uncompressed tar into fixed spans: a frame is a plain
 // byte range of the blob.
-func buildTar(x *Index, r io.Reader, span int64) error {
-	fw := newFrameWriter(span, func(f *Frame) {
+func buildTar(x *Index, r io.Reader, opt BuildOptions) error {
+	fw := newFrameWriter(opt.Span, func(f *Frame) {
 		f.CompressedOffset, f.CompressedSize = f.Offset, f.Size
 	})
-	entries, size, err := WalkTar(io.TeeReader(r, fw))
+	entries, size, err := walkTar(io.TeeReader(r, fw), opt.MaxEntries)
 	if err != nil {
 		return err
 	}
@@ -91,13 +127,18 @@ func buildTar(x *Index, r io.Reader, span int64) error {
 
 // buildGzip decompresses the blob once with an inflater that reports deflate
 // block starts, and starts a frame at the first block start past each span.
-func buildGzip(x *Index, r io.Reader, span int64) error {
+func buildGzip(x *Index, r io.Reader, opt BuildOptions) error {
 	pr, pw := io.Pipe()
 	fw := newFrameWriter(0, nil)
 	var starts []inflate.Checkpoint
+	var windows int64 // bytes of the windows in starts
 	scanErr := make(chan error, 1)
 	go func() {
-		err := inflate.Scan(r, io.MultiWriter(fw, pw), span, func(cp inflate.Checkpoint) error {
+		err := inflate.Scan(r, io.MultiWriter(fw, pw), opt.Span, func(cp inflate.Checkpoint) error {
+			if windows += int64(len(cp.Window)); windows > opt.MaxWindowBytes {
+				return fmt.Errorf("%w: more than %d bytes of deflate windows for %d frames (a gzip bomb, or a layer too large for frames every %d bytes)",
+					ErrUnsupported, opt.MaxWindowBytes, len(starts)+1, opt.Span)
+			}
 			fw.cut(cp.Out)
 			// An empty gzip member yields two checkpoints at one offset:
 			// resume from the later one, past the empty member.
@@ -111,7 +152,7 @@ func buildGzip(x *Index, r io.Reader, span int64) error {
 		pw.CloseWithError(err)
 		scanErr <- err
 	}()
-	entries, size, walkErr := WalkTar(pr)
+	entries, size, walkErr := walkTar(pr, opt.MaxEntries)
 	pr.CloseWithError(errors.New("tar walk ended"))
 	if err := <-scanErr; err != nil {
 		return err
@@ -147,14 +188,14 @@ func buildGzip(x *Index, r io.Reader, span int64) error {
 // buildZstd indexes a zstd layer. A single zstd frame cannot be entered in
 // the middle, so every frame of the index spans the whole blob: reading any
 // of them streams the layer once (and the reader keeps all frames it passes).
-func buildZstd(x *Index, r io.Reader, span int64) error {
+func buildZstd(x *Index, r io.Reader, opt BuildOptions) error {
 	zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<27))
 	if err != nil {
 		return err
 	}
 	defer zr.Close()
-	fw := newFrameWriter(span, func(f *Frame) { f.CompressedSize = -1 })
-	entries, size, err := WalkTar(io.TeeReader(zr, fw))
+	fw := newFrameWriter(opt.Span, func(f *Frame) { f.CompressedSize = -1 })
+	entries, size, err := walkTar(io.TeeReader(zr, fw), opt.MaxEntries)
 	if err != nil {
 		return err
 	}
@@ -185,6 +226,10 @@ func (w *frameWriter) Write(p []byte) (int, error) {
 			if room := w.start + w.span - w.off; int64(len(chunk)) > room {
 				chunk = chunk[:room]
 			}
+		}
+		if w.off-w.start+int64(len(chunk)) > MaxFrameSize {
+			return n - len(p), fmt.Errorf("%w: more than %d uncompressed bytes from offset %d without a deflate block start (a block that long is a hand-made gzip bomb)",
+				ErrUnsupported, int64(MaxFrameSize), w.start)
 		}
 		w.h.Write(chunk)
 		w.off += int64(len(chunk))

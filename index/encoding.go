@@ -141,12 +141,14 @@ func (x *Index) MarshalBinary() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("index: encode: %w", err)
 	}
-	out := seal(enc, body)
-	if limit := decodeLimit(len(out)); need > limit {
-		return nil, fmt.Errorf("index: encode: decoding would need %d bytes, more than the %d a %d-byte encoding may use",
-			need, limit, len(out))
+	if need > encMaxDecoded {
+		return nil, fmt.Errorf("index: encode: decoding would need %d bytes, more than the %d any encoding may use",
+			need, int64(encMaxDecoded))
 	}
-	return out, nil
+	// An index whose frames repeat (a layer of zeros: equal windows, equal
+	// digests) compresses past encMaxRatio. Padding the encoding up to
+	// need/encMaxRatio bytes keeps it within the decoder's bomb rule.
+	return seal(enc, body, (need+encMaxRatio-1)/encMaxRatio), nil
 }
 
 // UnmarshalBinary replaces *x with the index Decode(data) returns.
@@ -164,9 +166,23 @@ func decodeLimit(n int) int64 {
 	return min(encMaxDecoded, encMaxRatio*int64(n))
 }
 
-// seal compresses body and wraps it in the envelope.
-func seal(enc *zstd.Encoder, body []byte) []byte {
+// seal compresses body and wraps it in the envelope, at least minLen bytes
+// long: a shorter encoding gets a zstd skippable frame of zeros after the
+// compressed body, which decoders pass over.
+func seal(enc *zstd.Encoder, body []byte, minLen int64) []byte {
 	z := enc.EncodeAll(body, make([]byte, 0, len(body)/4+64))
+	out := wrapBody(body, z)
+	if short := minLen - int64(len(out)); short > 0 {
+		z = binary.LittleEndian.AppendUint32(z, 0x184D2A50) // skippable frame magic
+		z = binary.LittleEndian.AppendUint32(z, uint32(short))
+		z = append(z, make([]byte, short)...)
+		out = wrapBody(body, z)
+	}
+	return out
+}
+
+// wrapBody wraps z, the compressed body, with magic, lengths and checksum.
+func wrapBody(body, z []byte) []byte {
 	out := make([]byte, 0, len(encMagic)+3*binary.MaxVarintLen64+len(z)+4)
 	out = append(out, encMagic...)
 	out = binary.AppendUvarint(out, encVersion)

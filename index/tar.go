@@ -12,9 +12,23 @@ import (
 )
 
 // ErrUnsupported is wrapped when a layer uses a tar feature the index cannot
-// describe (an entry type it does not know, a NUL byte in a name, a GNU
-// sparse encoding other than the three archive/tar reads).
+// describe (an entry type it does not know, a NUL byte in a name, a name no
+// Linux file system can hold, a GNU sparse encoding other than the three
+// archive/tar reads).
 var ErrUnsupported = errors.New("index: unsupported layer content")
+
+// Limits of Linux file names. No local file system holds a longer name, so
+// docker and containerd fail to unpack such a layer (ENAMETOOLONG), and so
+// would a copy-up of it to a container's upper directory; a FUSE mount
+// cannot even list a directory with a name over 1024 bytes (the kernel
+// fails the whole listing with EIO).
+const (
+	// NameMax is the longest element of a path (NAME_MAX). A whiteout's
+	// ".wh." prefix does not count: it names a file of at most NameMax.
+	NameMax = 255
+	// SymlinkMax is the longest symlink target (PATH_MAX less the NUL).
+	SymlinkMax = 4095
+)
 
 const xattrPrefix = "SCHILY.xattr."
 
@@ -27,16 +41,30 @@ const xattrPrefix = "SCHILY.xattr."
 // regular files with a Sparse map. archive/tar reads their maps but does
 // not expose them, so WalkTar keeps the header blocks the tar reader
 // consumes for each entry and reads the map from them again.
+//
+// A layer of more than DefaultMaxEntries entries is refused (ErrUnsupported).
 func WalkTar(r io.Reader) ([]Entry, int64, error) {
+	return walkTar(r, DefaultMaxEntries)
+}
+
+func walkTar(r io.Reader, maxEntries int) ([]Entry, int64, error) {
 	hr := &headerRecorder{r: r}
 	tr := tar.NewReader(hr)
 	var entries []Entry
-	var next int64 // where the next entry's header blocks start
+	var next int64            // where the next entry's header blocks start
+	var prev string           // the name of the entry before, if it has content
+	var prevAt, prevLen int64 // where its content starts, and how long it is
 	for {
 		hr.record(next)
 		hdr, err := tr.Next()
 		if err == io.EOF {
 			break
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) && prev != "" && hr.n < next {
+			// The stream ended inside the content of the entry before
+			// (a truncated layer, or a size that lies): name that entry.
+			return nil, 0, fmt.Errorf("tar entry %d (%q): content of %d bytes from byte %d, but the stream ends at byte %d: %w",
+				len(entries)-1, shortString(prev), prevLen, prevAt, hr.n, err)
 		}
 		if err != nil {
 			name := ""
@@ -47,10 +75,18 @@ func WalkTar(r io.Reader) ([]Entry, int64, error) {
 		}
 		e, keep, stored, err := entryFromHeader(hdr, hr.n, hr)
 		if err != nil {
-			return nil, 0, fmt.Errorf("tar entry %q: %w", hdr.Name, err)
+			return nil, 0, fmt.Errorf("tar entry %q: %w", shortString(hdr.Name), err)
 		}
 		if keep {
+			if len(entries) == maxEntries {
+				return nil, 0, fmt.Errorf("%w: more than %d entries (a tar bomb?): entry %q at byte %d",
+					ErrUnsupported, maxEntries, shortString(hdr.Name), hr.n)
+			}
 			entries = append(entries, e)
+		}
+		prev, prevAt, prevLen = "", hr.n, stored
+		if keep && stored > 0 {
+			prev = hdr.Name
 		}
 		// The tar reader skips the content and its padding to the next
 		// 512-byte block; a stream too short for it fails in Next.
@@ -69,6 +105,20 @@ func WalkTar(r io.Reader) ([]Entry, int64, error) {
 	}
 	return entries, hr.n, nil
 }
+
+// checkNameLengths returns what makes the clean relative path p longer
+// than Linux allows (an element past NameMax), or "".
+func checkNameLengths(p string) string {
+	for elem := range strings.SplitSeq(p, "/") {
+		if n := len(strings.TrimPrefix(elem, whiteoutPrefix)); n > NameMax {
+			return fmt.Sprintf("path element of %d bytes %q (at most %d)", n, shortString(elem), NameMax)
+		}
+	}
+	return ""
+}
+
+// whiteoutPrefix starts the name of an OCI whiteout entry.
+const whiteoutPrefix = ".wh."
 
 // cleanPath maps a tar name to a path relative to the layer root that cannot
 // escape it; "" means the root itself.
@@ -128,6 +178,9 @@ func entryFromPlainHeader(hdr *tar.Header, dataOffset int64) (Entry, bool, error
 	if p == "" {
 		return Entry{}, false, nil
 	}
+	if msg := checkNameLengths(p); msg != "" {
+		return Entry{}, false, fmt.Errorf("%w: %s", ErrUnsupported, msg)
+	}
 	e := Entry{
 		Path:    p,
 		Mode:    uint32(hdr.Mode) & 0o7777,
@@ -148,6 +201,9 @@ func entryFromPlainHeader(hdr *tar.Header, dataOffset int64) (Entry, bool, error
 	case tar.TypeSymlink:
 		e.Type = TypeSymlink
 		e.Linkname = hdr.Linkname
+		if len(e.Linkname) > SymlinkMax {
+			return Entry{}, false, fmt.Errorf("%w: symlink target of %d bytes (at most %d)", ErrUnsupported, len(e.Linkname), SymlinkMax)
+		}
 	case tar.TypeLink:
 		e.Type = TypeHardlink
 		e.Linkname = cleanPath(hdr.Linkname)

@@ -16,11 +16,12 @@ const maxWindowLen = 32 << 10
 //
 //   - Format is known; Layer is empty or a valid digest; sizes are not negative.
 //   - Frames are sorted and contiguous from 0 to TarSize (none when TarSize
-//     is 0), each non-empty, inside the blob, with a SHA-256 Digest. A tar
-//     frame is its own compressed range; only gzip frames have Bits (≤ 7)
-//     and a Window (≤ 32 KiB).
+//     is 0), each non-empty and at most MaxFrameSize, inside the blob, with
+//     a SHA-256 Digest. A tar frame is its own compressed range; only gzip
+//     frames have Bits (≤ 7) and a Window (≤ 32 KiB).
 //   - Every entry has a known Type and a clean relative path (path.Clean
-//     form, not ".", no ".." element, no NUL); Mode has only the 07777
+//     form, not ".", no ".." element, no NUL, no element past NameMax); a
+//     symlink's target is at most SymlinkMax bytes; Mode has only the 07777
 //     bits; only regular files have a Size or a Sparse map; a sparse
 //     map's fragments are non-empty, sorted, not overlapping and inside
 //     Size; content lies inside the tar stream (0 ≤ Offset,
@@ -75,6 +76,8 @@ func (x *Index) checkFrame(f *Frame, off int64) string {
 		return fmt.Sprintf("Offset %d, want %d (frames must be sorted and contiguous from 0)", f.Offset, off)
 	case f.Size <= 0:
 		return fmt.Sprintf("Size %d, want > 0", f.Size)
+	case f.Size > MaxFrameSize:
+		return fmt.Sprintf("Size %d above MaxFrameSize %d", f.Size, MaxFrameSize)
 	case f.Size > x.TarSize-f.Offset:
 		return fmt.Sprintf("Offset+Size %d+%d past TarSize %d", f.Offset, f.Size, x.TarSize)
 	case f.CompressedOffset < 0:
@@ -106,6 +109,12 @@ func (x *Index) checkEntry(e *Entry) string {
 	}
 	if msg := checkRelPath(e.Path); msg != "" {
 		return "Path " + msg
+	}
+	if msg := checkNameLengths(e.Path); msg != "" {
+		return "Path has a " + msg
+	}
+	if e.Type == TypeSymlink && len(e.Linkname) > SymlinkMax {
+		return fmt.Sprintf("Linkname of %d bytes, want ≤ %d", len(e.Linkname), SymlinkMax)
 	}
 	if e.Mode&^0o7777 != 0 {
 		return fmt.Sprintf("Mode %#o has bits outside 07777", e.Mode)

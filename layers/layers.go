@@ -304,7 +304,7 @@ func (r *Resolver) build(ctx context.Context, img *fetch.Image, layer ocispec.De
 		return nil, err
 	}
 	if x.BlobSize != layer.Size {
-		return nil, fmt.Errorf("layer %s: read %d bytes, manifest says %d", layer.Digest, x.BlobSize, layer.Size)
+		return nil, fmt.Errorf("layer %s: read %d bytes, manifest says %d: %w", layer.Digest, x.BlobSize, layer.Size, fetch.ErrDigestMismatch)
 	}
 	data, err := x.MarshalBinary()
 	if err != nil {

@@ -173,6 +173,7 @@ func differentialImages(t *testing.T) map[string][]testutil.Layer {
 		{Path: "usr/bin/tool", Mode: 0o4755, Data: []byte("#!/bin/sh\necho tool\n")},
 		{Path: "usr/bin/tool-link", Type: tar.TypeLink, Linkname: "usr/bin/tool"},
 		{Path: "usr/bin/tool-sym", Type: tar.TypeSymlink, Linkname: "tool"},
+		{Path: "bin", Type: tar.TypeSymlink, Linkname: "usr/bin"}, // merged /usr
 		{Path: "usr/share/zeros", Size: 0, Data: make([]byte, 3<<20)},
 		{Path: "usr/share/empty", Data: []byte{}},
 		{Path: "usr/share/pattern", Size: 5<<20 + 17, Seed: 7},
@@ -199,6 +200,7 @@ func differentialImages(t *testing.T) map[string][]testutil.Layer {
 	top := []testutil.File{
 		{Path: "usr/bin/.wh.tool-sym"},
 		{Path: "added/in/three/levels", Data: bytes.Repeat([]byte("three "), 100000)},
+		{Path: "bin/through-the-link", Data: []byte("lands in usr/bin")},
 	}
 	topTar := testutil.Tar(t, top)
 	images := map[string][]testutil.Layer{

@@ -191,6 +191,44 @@ func (u *unpacker) realDir(rel string) bool {
 	return true
 }
 
+// resolveDir follows the symlinks on the way to directory rel inside dst,
+// as containerd's fs.RootPath and docker's chrooted unpack do (a layer's
+// "bin/tool" over a lower "bin -> usr/bin" lands in usr/bin), and returns
+// the resolved relative path; components that do not exist are kept.
+func (u *unpacker) resolveDir(rel string) string {
+	if rel == "." {
+		return rel
+	}
+	names := strings.Split(rel, "/")
+	at := "."
+	for followed := 0; len(names) > 0; {
+		name := names[0]
+		names = names[1:]
+		next := path.Join(at, name)
+		fi, err := os.Lstat(u.full(next))
+		if err == nil && fi.Mode()&fs.ModeSymlink != 0 && followed < 40 {
+			followed++
+			target, err := os.Readlink(u.full(next))
+			if err != nil {
+				return path.Join(append([]string{next}, names...)...)
+			}
+			if !path.IsAbs(target) {
+				target = path.Join("/", at, target)
+			}
+			resolved := strings.TrimPrefix(path.Clean("/"+target), "/")
+			var parts []string
+			if resolved != "" {
+				parts = strings.Split(resolved, "/")
+			}
+			names = append(parts, names...)
+			at = "."
+			continue
+		}
+		at = next
+	}
+	return at
+}
+
 // ensureDir makes rel a directory, creating implicit ones and replacing
 // non-directories on the way.
 func (u *unpacker) ensureDir(rel string) error {
@@ -242,7 +280,7 @@ func (u *unpacker) whiteouts(open func() (io.ReadCloser, error)) error {
 		if err != nil {
 			return err
 		}
-		dir, base := path.Dir(rel), path.Base(rel)
+		dir, base := u.resolveDir(path.Dir(rel)), path.Base(rel)
 		switch {
 		case base == ".wh..wh..opq":
 			parents = append(parents, dir)
@@ -314,6 +352,9 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 	if strings.HasPrefix(path.Base(rel), ".wh.") {
 		return nil
 	}
+	if rel != "." {
+		rel = path.Join(u.resolveDir(path.Dir(rel)), path.Base(rel))
+	}
 	typ := hdr.Typeflag // archive/tar already turned the old TypeRegA into TypeReg
 	if typ == tar.TypeGNUSparse {
 		typ = tar.TypeReg // archive/tar reads it with its holes filled in
@@ -375,6 +416,7 @@ func (u *unpacker) entry(tr *tar.Reader, hdr *tar.Header) error {
 		if terr != nil {
 			return fmt.Errorf("hard link target %w", terr)
 		}
+		target = path.Join(u.resolveDir(path.Dir(target)), path.Base(target))
 		tm, ok := u.meta[target]
 		if !ok || tm.typ == tar.TypeDir || !u.realDir(path.Dir(target)) {
 			return fmt.Errorf("hard link target %q is not a file extracted before it", hdr.Linkname)
