@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -38,13 +39,32 @@ func skipOrFailContainerd(t *testing.T, format string, args ...any) {
 type daemon struct {
 	name   string
 	cmd    *exec.Cmd
-	log    *bytes.Buffer // stdout and stderr
+	log    *syncBuffer // stdout and stderr
 	exited chan error
+}
+
+// syncBuffer is a bytes.Buffer a running process writes while the test
+// reads it.
+type syncBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func startDaemon(t *testing.T, name string, argv ...string) *daemon {
 	t.Helper()
-	d := &daemon{name: name, cmd: exec.Command(argv[0], argv[1:]...), log: &bytes.Buffer{}, exited: make(chan error, 1)}
+	d := &daemon{name: name, cmd: exec.Command(argv[0], argv[1:]...), log: &syncBuffer{}, exited: make(chan error, 1)}
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
@@ -58,16 +78,21 @@ func startDaemon(t *testing.T, name string, argv ...string) *daemon {
 // error, and is a no-op once the process is gone.
 func (d *daemon) stop(t *testing.T) error {
 	t.Helper()
-	if d.cmd.ProcessState != nil {
+	select {
+	case err := <-d.exited:
+		d.exited <- err // gone already: keep the result for later callers
 		return nil
+	default:
 	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-d.exited:
+		d.exited <- err
 		return err
 	case <-time.After(30 * time.Second):
 		d.cmd.Process.Kill()
 		err := <-d.exited
+		d.exited <- err
 		t.Errorf("%s did not exit 30 s after SIGTERM: killed\n%s", d.name, d.log)
 		return err
 	}
