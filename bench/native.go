@@ -1,0 +1,165 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+)
+
+// nativeScript runs a command on the image's unpacked root without FUSE:
+// in new mount, PID and network namespaces (loopback up), it mounts
+// overlayfs (the cached root as the lower directory, a fresh upper, as a
+// container's copy-on-write), /proc and the host's /dev, and then chroots.
+// $1..$4 are lower, upper, work and the mount point.
+const nativeScript = `set -e
+mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4"
+mount -t proc proc "$4/proc"
+mount --rbind /dev "$4/dev"
+ip link set lo up
+m=$4
+shift 4
+cd /
+exec chroot "$m" /usr/bin/env -i ` + imagePath + ` HOME=/root "$@"`
+
+// nativeArgv returns the argv of a native run of w with its files under
+// dir; prefix (strace and its options) goes before everything, outside the
+// namespaces: the command must stay PID 1 of its PID namespace, so that
+// daemons it started (nginx) end with it.
+func (r *runner) nativeArgv(w Workload, dir string, prefix ...string) ([]string, error) {
+	b := r.images[w.Image]
+	var ps []string
+	for _, d := range []string{"upper", "work", "mnt"} {
+		p := filepath.Join(dir, d)
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return nil, err
+		}
+		ps = append(ps, p)
+	}
+	argv := append(prefix, "unshare", "--mount", "--pid", "--net", "--fork", "--propagation", "private",
+		"sh", "-c", nativeScript, "sh", b.Root, ps[0], ps[1], ps[2])
+	return append(argv, w.Cmd...), nil
+}
+
+// measureNative times w on the unpacked root (page cache as the previous
+// runs left it: the lower bound, not a cold disk).
+func (r *runner) measureNative(ctx context.Context, w Workload) (s Sample) {
+	sc, err := newScratch(ctx, r.cfg.WorkDir, "native", 0)
+	if err != nil {
+		return Sample{Err: err.Error()}
+	}
+	defer r.closeScratch(sc)
+	argv, err := r.nativeArgv(w, sc.Dir)
+	if err != nil {
+		return Sample{Err: err.Error()}
+	}
+	d, out, err := r.command(ctx, r.logPath(w.Name+"-native"), nil, argv...)
+	s.Wall = d
+	if err := checkRun(w, out, err); err != nil {
+		s.Err = err.Error()
+	}
+	return s
+}
+
+// Opened is what a command opened of its image.
+type Opened struct {
+	Files int   // distinct regular files of the image opened or executed
+	Bytes int64 // their sizes added up
+	Err   string
+	How   string
+}
+
+// openedFiles runs w natively under strace (not timed) and adds up the
+// sizes of the image's regular files it opened or executed: an upper
+// bound of the image bytes the command read (a file may be read in part;
+// mmapped libraries are opened first, so they count).
+func (r *runner) openedFiles(ctx context.Context, w Workload) (o Opened) {
+	o.How = "native run under strace -f: distinct regular files of the image opened (open, openat) or executed, sizes added up"
+	sc, err := newScratch(ctx, r.cfg.WorkDir, "strace", 0)
+	if err != nil {
+		o.Err = err.Error()
+		return o
+	}
+	defer r.closeScratch(sc)
+	trace := filepath.Join(sc.Dir, "strace.out")
+	argv, err := r.nativeArgv(w, filepath.Join(sc.Dir, "root"),
+		"strace", "-f", "-qq", "-e", "trace=open,openat,execve,chroot", "-e", "status=successful", "-o", trace)
+	if err != nil {
+		o.Err = err.Error()
+		return o
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	_, out, err := r.command(ctx, r.logPath(w.Name+"-strace"), nil, argv...)
+	if err := checkRun(w, out, err); err != nil {
+		o.Err = err.Error()
+		return o
+	}
+	f, err := os.Open(trace)
+	if err != nil {
+		o.Err = err.Error()
+		return o
+	}
+	defer f.Close()
+	files, err := parseOpened(bufio.NewScanner(f), r.images[w.Image].Root)
+	if err != nil {
+		o.Err = err.Error()
+		return o
+	}
+	for _, size := range files {
+		o.Files++
+		o.Bytes += size
+	}
+	return o
+}
+
+// straceOpenRe matches a successful open, openat (relative to the working
+// directory) or execve in strace -f output; group 2 is the path.
+var straceOpenRe = regexp.MustCompile(`^\d+\s+(open|openat|execve)\((?:AT_FDCWD, )?"((?:[^"\\]|\\.)*)"`)
+
+// parseOpened returns the regular files of root, by their resolved path
+// inside it, that the trace opened after the first chroot (before it,
+// unshare, sh, mount and ip open host files), with their sizes.
+// Paths relative to the working directory are taken from "/" (the native
+// run's cwd); opens relative to another directory's descriptor are not
+// counted.
+func parseOpened(sc *bufio.Scanner, root string) (map[string]int64, error) {
+	files := map[string]int64{}
+	inRoot := false
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !inRoot {
+			inRoot = strings.Contains(line, " chroot(")
+			continue
+		}
+		m := straceOpenRe.FindStringSubmatch(line)
+		if m == nil {
+			continue
+		}
+		p := m[2]
+		if strings.Contains(p, `\`) {
+			continue // escaped bytes: not an image path we can stat
+		}
+		p = path.Join("/", p)
+		if strings.HasPrefix(p, "/proc/") || strings.HasPrefix(p, "/dev/") || strings.HasPrefix(p, "/sys/") {
+			continue
+		}
+		full, err := securejoin.SecureJoin(root, p)
+		if err != nil {
+			continue
+		}
+		fi, err := os.Lstat(full)
+		if err != nil || !fi.Mode().IsRegular() {
+			continue // made by the command (in the upper), or not a file
+		}
+		files[full] = fi.Size()
+	}
+	return files, sc.Err()
+}
