@@ -4,7 +4,8 @@
 # zstd, skopeo (scripts/demo.sh copies images with it), containerd (the
 # snapshotter's integration test starts its own; its runc comes along) and
 # debootstrap (testutil.DebianRoot builds Debian images from Debian's packages,
-# cached in /var/cache/lazyfs-test) from apt, and
+# cached in /var/cache/lazyfs-test) and stress-ng (fusefs' copy-on-write
+# stress test) from apt, and
 # staticcheck with `go install`. Run as root. Idempotent:
 # when everything is there it only checks and exits.
 #
@@ -26,6 +27,7 @@ declare -A probe=(
 	[skopeo]=skopeo
 	[containerd]=/usr/bin/containerd
 	[debootstrap]=/usr/sbin/debootstrap
+	[stress-ng]=stress-ng
 )
 
 have() {
@@ -42,7 +44,7 @@ have() {
 }
 
 missing=()
-for pkg in docker-registry fuse3 busybox-static pigz zstd skopeo containerd debootstrap; do
+for pkg in docker-registry fuse3 busybox-static pigz zstd skopeo containerd debootstrap stress-ng; do
 	have "$pkg" || missing+=("$pkg")
 done
 
