@@ -51,12 +51,21 @@ const (
 	exitSignalsBase = 128
 )
 
-// forwarded are the signals init passes on to the container's program.
-var forwarded = []os.Signal{
-	syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGUSR1,
-	syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCONT, syscall.SIGALRM, syscall.SIGTSTP,
-	syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGPWR,
-}
+// forwarded are the signals init passes on to the container's program (and
+// the supervisor and exec's helper to theirs): the ones a program may want
+// to catch, real-time signals included (systemd stops on SIGRTMIN+3).
+var forwarded = func() []os.Signal {
+	s := []os.Signal{
+		syscall.SIGHUP, syscall.SIGINT, syscall.SIGQUIT, syscall.SIGTERM, syscall.SIGUSR1,
+		syscall.SIGUSR2, syscall.SIGWINCH, syscall.SIGCONT, syscall.SIGALRM, syscall.SIGTSTP,
+		syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGPWR, syscall.SIGVTALRM, syscall.SIGXCPU,
+		syscall.SIGXFSZ, syscall.SIGSYS, syscall.SIGTRAP, syscall.SIGABRT,
+	}
+	for n := sigRTMin; n <= maxSignal; n++ {
+		s = append(s, syscall.Signal(n))
+	}
+	return s
+}()
 
 // Init is the container's PID 1: the lazyrun binary re-executed as
 // InitArg0 inside new namespaces. It assembles the root file system, pivots

@@ -6,8 +6,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/lazyfs/lazyfs/runtime/spec"
 )
@@ -32,7 +35,111 @@ type Spec struct {
 	NanoCPUs    int64        `json:"nanoCpus,omitempty"`  // billionths of a CPU; 0 = unlimited
 	PidsLimit   int64        `json:"pidsLimit,omitempty"` // 0 = unlimited
 	Remove      bool         `json:"remove,omitempty"`    // --rm
+	// Restart is --restart: what the supervisor does when the program
+	// exits. The zero value is "no".
+	Restart RestartPolicy `json:"restart,omitzero"`
+	// StopSignal is --stop-signal, as a name or number; empty means the
+	// image's STOPSIGNAL, and then SIGTERM.
+	StopSignal string `json:"stopSignal,omitempty"`
+	// StopTimeout is --stop-timeout in seconds: how long stop waits before
+	// it kills; nil means Config.StopTimeout, negative waits for ever.
+	StopTimeout *int `json:"stopTimeout,omitempty"`
 }
+
+// Restart policies, as docker's --restart names them.
+const (
+	RestartNo            = "no"
+	RestartOnFailure     = "on-failure"
+	RestartAlways        = "always"
+	RestartUnlessStopped = "unless-stopped" // the same as always: lazyrun has no daemon to restart
+)
+
+// RestartPolicy is docker's HostConfig.RestartPolicy.
+type RestartPolicy struct {
+	Name string `json:"name,omitempty"` // RestartNo ("" too), RestartOnFailure, RestartAlways or RestartUnlessStopped
+	// MaximumRetryCount bounds the restarts of on-failure; 0 = no bound.
+	MaximumRetryCount int `json:"maximumRetryCount,omitempty"`
+}
+
+// ParseRestartPolicy parses --restart: no, on-failure[:N], always or
+// unless-stopped.
+func ParseRestartPolicy(s string) (RestartPolicy, error) {
+	name, count, hasCount := strings.Cut(s, ":")
+	p := RestartPolicy{Name: name}
+	switch name {
+	case "", RestartNo, RestartAlways, RestartUnlessStopped:
+		if hasCount {
+			return RestartPolicy{}, fmt.Errorf("invalid restart policy %q: maximum retry count can only be used with 'on-failure'", s)
+		}
+	case RestartOnFailure:
+		if hasCount {
+			n, err := strconv.Atoi(count)
+			if err != nil || n < 0 {
+				return RestartPolicy{}, fmt.Errorf("invalid restart policy %q: maximum retry count must be a number of at least 0", s)
+			}
+			p.MaximumRetryCount = n
+		}
+	default:
+		return RestartPolicy{}, fmt.Errorf("invalid restart policy %q: want no, on-failure[:max-retries], always or unless-stopped", s)
+	}
+	return p, nil
+}
+
+// restarts reports whether a program that exited with code, after
+// restarted restarts, is started again.
+func (p RestartPolicy) restarts(code, restarted int) bool {
+	switch p.Name {
+	case RestartAlways, RestartUnlessStopped:
+		return true
+	case RestartOnFailure:
+		return code != 0 && (p.MaximumRetryCount == 0 || restarted < p.MaximumRetryCount)
+	}
+	return false
+}
+
+// ParseSignal parses a signal as docker kill -s and --stop-signal take it:
+// a number, or a name with or without SIG in any case, RTMIN+N and RTMAX-N
+// included.
+func ParseSignal(s string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 1 || n > maxSignal {
+			return 0, fmt.Errorf("invalid signal: %s", s)
+		}
+		return syscall.Signal(n), nil
+	}
+	name := strings.TrimPrefix(strings.ToUpper(s), "SIG")
+	if sig := unix.SignalNum("SIG" + name); sig != 0 {
+		return sig, nil
+	}
+	for _, rt := range []struct {
+		prefix, sign string
+		base, dir    int
+	}{{"RTMIN", "+", sigRTMin, 1}, {"RTMAX", "-", maxSignal, -1}} {
+		rest, ok := strings.CutPrefix(name, rt.prefix)
+		if !ok {
+			continue
+		}
+		n := 0
+		if rest != "" {
+			num, ok := strings.CutPrefix(rest, rt.sign)
+			var err error
+			if n, err = strconv.Atoi(num); !ok || err != nil || n < 0 {
+				return 0, fmt.Errorf("invalid signal: %s", s)
+			}
+		}
+		if sig := rt.base + rt.dir*n; sig >= sigRTMin && sig <= maxSignal {
+			return syscall.Signal(sig), nil
+		}
+	}
+	return 0, fmt.Errorf("invalid signal: %s", s)
+}
+
+// The real-time signals as the C library numbers them (it keeps 32 and 33
+// for itself), as docker does.
+const (
+	sigRTMin  = 34
+	maxSignal = 64
+)
 
 // lookPath finds a program as the container's shell would, in the PATH of
 // the container's environment, and returns the exit code docker gives when

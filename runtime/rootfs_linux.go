@@ -31,6 +31,10 @@ type rootfsPlan struct {
 	Volumes string      `json:"volumes"` // where volumes live: ROOT/volumes
 	Net     string      `json:"net"`
 	Tty     bool        `json:"tty"`
+	// Anonymous are the container's anonymous volumes from an earlier
+	// start, in the order of spec.Process.Volumes: a restart mounts them
+	// again instead of making new ones, as docker does.
+	Anonymous []string `json:"anonymous,omitempty"`
 }
 
 // writeInitLayer fills dir with what docker's init layer has: the mount

@@ -6,25 +6,28 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
-	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/lazyfs/lazyfs/cache"
 	"github.com/lazyfs/lazyfs/fetch"
-	"github.com/lazyfs/lazyfs/fusefs"
-	"github.com/lazyfs/lazyfs/index"
 	"github.com/lazyfs/lazyfs/layers"
 	"github.com/lazyfs/lazyfs/runtime/cgroup"
 )
 
-// Config wires a Runtime. Root, Client, Store and Resolver are required.
+// Config wires a Runtime. Root is required; Client, Store and Resolver
+// too for what reaches the registry or the cache (Create, Run, Supervise,
+// Pull, Commit).
 type Config struct {
 	Root     string // all state: containers/, volumes/, cache/
 	Client   *fetch.Client
@@ -36,7 +39,14 @@ type Config struct {
 	// ReadTimeout bounds how long a read of the image waits for a frame
 	// before it fails with EIO; 0 = layers.DefaultReadTimeout.
 	ReadTimeout time.Duration
-	Logger      *slog.Logger // nil = silent
+	// SupervisorArgs are the arguments that make this program (re-executed
+	// as SupervisorArg0) call Supervise: global flags and a command; Start
+	// appends the container's ID. Needed by Start and Run only.
+	SupervisorArgs []string
+	// LogMaxSize is the size at which a container's log is rotated; 0 =
+	// DefaultLogMaxSize.
+	LogMaxSize int64
+	Logger     *slog.Logger // nil = silent
 }
 
 // Runtime creates, runs and removes containers under one root.
@@ -88,296 +98,282 @@ type StartError struct {
 func (e *StartError) Error() string { return e.Err.Error() }
 func (e *StartError) Unwrap() error { return e.Err }
 
-// Run creates a container from ref, runs it in the foreground and returns
-// its program's exit code (128+N when signal N ended it). The image is
-// mounted lazily; if a layer has no index yet, it is built first and the
-// log says so. A failure to set the container up is a *StartError.
-func (r *Runtime) Run(ctx context.Context, ref string, opt RunOptions) (int, error) {
-	start := time.Now()
+// Create resolves ref, makes sure every layer has an index (building the
+// missing ones, which the log says), and records a new container from it,
+// ready for Start. A failure is a *StartError with code 125.
+func (r *Runtime) Create(ctx context.Context, ref string, opt RunOptions) (*Container, error) {
 	img, err := r.ResolveImage(ctx, ref) // records the image; without the registry, the recorded one
 	if err != nil {
-		return ExitSetup, &StartError{ExitSetup, err}
+		return nil, &StartError{ExitSetup, err}
 	}
-	ls, err := r.cfg.Resolver.Layers(ctx, img)
-	if err != nil {
-		return ExitSetup, &StartError{ExitSetup, err}
+	// The supervisor mounts the layers from these indexes: built here, the
+	// caller sees the progress.
+	if _, err := r.cfg.Resolver.Layers(ctx, img); err != nil {
+		return nil, &StartError{ExitSetup, err}
 	}
 	c := &Container{Name: opt.Name, Image: ref, ImageDigest: img.Digest, Spec: opt.Spec}
 	if c.Spec.Net == "" {
 		c.Spec.Net = NetHost
 	}
 	if err := r.create(c); err != nil {
-		return ExitSetup, &StartError{ExitSetup, err}
+		return nil, &StartError{ExitSetup, err}
 	}
-	lock, err := c.lock()
-	if err != nil {
-		return ExitSetup, &StartError{ExitSetup, err}
-	}
-	defer lock.Close()
-	code, err := r.run(ctx, c, img, ls, opt, start)
-	if err != nil {
-		c.State.Error = err.Error()
-	}
-	c.State.Status, c.State.ExitCode, c.State.FinishedAt = StatusExited, code, time.Now().UTC()
-	if serr := c.saveState(); serr != nil && err == nil {
-		err = &StartError{ExitSetup, serr}
-	}
-	if c.Spec.Remove {
-		if rerr := r.removeFiles(c, true); rerr != nil {
-			r.log.Warn("cannot remove container", "id", c.ID, "err", rerr)
-		}
-	}
-	return code, err
+	return c, nil
 }
 
-func (r *Runtime) run(ctx context.Context, c *Container, img *fetch.Image, ls []layers.Layer, opt RunOptions, start time.Time) (int, error) {
-	setupErr := func(err error) (int, error) { return ExitSetup, &StartError{ExitSetup, err} }
-
-	idxs := make([]*index.Index, len(ls))
-	for i, l := range ls {
-		idxs[i] = l.Index
-	}
-	src := layers.NewSource(r.cfg.Client, img.Repo, r.cfg.Store, r.log)
-	src.SetReadTimeout(r.cfg.ReadTimeout)
-	defer src.Close() // after the unmount below: no read can come in later
-	m, err := fusefs.MountLayers(c.lowerDir(), idxs, src, fusefs.Config{FSName: "lazyfs:" + c.Image, Logger: r.log})
+// Run creates a container from ref, runs it in the foreground and returns
+// its program's exit code (128+N when signal N ended it): Create, Start
+// attached to opt.IO, and Wait. The image is mounted lazily. A failure to
+// set the container up is a *StartError.
+func (r *Runtime) Run(ctx context.Context, ref string, opt RunOptions) (int, error) {
+	c, err := r.Create(ctx, ref, opt)
 	if err != nil {
-		return setupErr(err)
+		return ExitSetup, err
 	}
-	defer func() {
-		if err := m.Unmount(); err != nil {
-			r.log.Warn("cannot unmount image", "path", c.lowerDir(), "err", err)
+	st, err := r.Start(ctx, c, StartOptions{Attach: &opt.IO, Signals: opt.Signals})
+	if err != nil {
+		var se *StartError
+		if errors.As(err, &se) {
+			return se.Code, err
 		}
-	}()
-	r.log.Debug("image mounted", "image", c.Image, "path", c.lowerDir(), "dur", time.Since(start))
-
-	if err := writeInitLayer(c.initDir()); err != nil {
-		return setupErr(fmt.Errorf("init layer: %w", err))
+		return ExitSetup, err
 	}
-	binds, err := r.initFiles(c)
-	if err != nil {
-		return setupErr(err)
-	}
-
-	// The pids limit is set by the init (initConfig.PidsLimit).
-	cg, err := cgroup.Create(c.ID, cgroup.Limits{Memory: c.Spec.Memory, NanoCPUs: c.Spec.NanoCPUs})
-	if err != nil {
-		return setupErr(err)
-	}
-	defer func() {
-		if err := cg.Delete(context.WithoutCancel(ctx)); err != nil {
-			r.log.Warn("cannot delete cgroup", "err", err)
-		}
-	}()
-
-	cfg := initConfig{
-		PidsMaxFile: cg.PidsMaxFile(),
-		PidsLimit:   c.Spec.PidsLimit,
-		Plan: rootfsPlan{Rootfs: c.rootfsDir(), Lower: []string{c.initDir(), c.lowerDir()},
-			Upper: c.UpperDir(), Work: c.workDir(), Binds: binds, Volumes: r.volumesDir(),
-			Net: c.Spec.Net, Tty: c.Spec.Process.TTY},
-		Spec:  c.Spec,
-		Image: img.Config.Config,
-	}
-	return r.start(ctx, c, cg, &cfg, opt)
+	return st.Wait()
 }
 
-// start runs the container's init and supervises it until it exits.
-func (r *Runtime) start(ctx context.Context, c *Container, cg *cgroup.Group, cfg *initConfig, opt RunOptions) (int, error) {
-	setupErr := func(err error) (int, error) { return ExitSetup, &StartError{ExitSetup, err} }
-	configR, configW, err := os.Pipe()
-	if err != nil {
-		return setupErr(err)
-	}
-	defer configR.Close()
-	defer configW.Close()
-	statusR, statusW, err := os.Pipe()
-	if err != nil {
-		return setupErr(err)
-	}
-	defer statusR.Close()
-	defer statusW.Close()
+// StartOptions say how Start connects to the container.
+type StartOptions struct {
+	// Attach, when not nil, connects the container's standard streams to
+	// these (stdin only with Spec.Interactive) until it ends, as a
+	// foreground docker run does; nil starts it detached, as run -d.
+	Attach *IO
+	// Signals carries the signals meant for an attached container (see
+	// RunOptions.Signals); Wait passes them to the supervisor.
+	Signals <-chan os.Signal
+}
 
+// Started is a container's supervisor as Start left it running.
+type Started struct {
+	c       *Container
+	cmd     *exec.Cmd
+	alive   *os.File // the supervisor sees its end as "nobody attached any more"
+	signals <-chan os.Signal
+	copies  sync.WaitGroup // the attached streams that are not files
+	restore func()         // the caller's terminal mode
+}
+
+// supervisorLogMax is the size beyond which Start moves a supervisor's log
+// to supervisor.log.1 before it starts a new supervisor.
+const supervisorLogMax = 1 << 20
+
+// Start starts c's supervisor (see Supervise): the lazyrun binary again,
+// in a session of its own, its standard error on c's supervisor.log. It
+// returns once the program runs, or with the *StartError that kept it from
+// running (after the supervisor cleaned up). The supervisor serves the
+// image and outlives the caller; with opt.Attach, Wait for it.
+func (r *Runtime) Start(ctx context.Context, c *Container, opt StartOptions) (*Started, error) {
+	setupErr := func(err error) (*Started, error) { return nil, &StartError{ExitSetup, err} }
+	if len(r.cfg.SupervisorArgs) == 0 {
+		return setupErr(errors.New("runtime: Config.SupervisorArgs is not set: cannot start a supervisor"))
+	}
+	if c.State.Alive() {
+		return setupErr(fmt.Errorf("%w: container %s is already running", ErrConflict, c.Name))
+	}
+	if c.locked() {
+		// Its last supervisor is still tearing it down (or a commit runs).
+		if err := r.waitStopped(ctx, c, stopGrace); err != nil {
+			return setupErr(err)
+		}
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return setupErr(err)
 	}
-	flags := uintptr(syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
-	if c.Spec.Net == NetNone {
-		flags |= syscall.CLONE_NEWNET
+	logPath := c.SupervisorLogPath()
+	if fi, err := os.Stat(logPath); err == nil && fi.Size() > supervisorLogMax {
+		os.Rename(logPath, logPath+".1") //nolint:errcheck // then it grows on
+	}
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return setupErr(err)
+	}
+	var childEnds, ours []*os.File // ours are closed on failure
+	defer func() {
+		for _, f := range childEnds {
+			f.Close()
+		}
+	}()
+	childEnds = append(childEnds, logf)
+	fail := func(err error) (*Started, error) {
+		for _, f := range ours {
+			f.Close()
+		}
+		return setupErr(err)
+	}
+	cfgR, cfgW, err := os.Pipe()
+	if err != nil {
+		return fail(err)
+	}
+	childEnds, ours = append(childEnds, cfgR), append(ours, cfgW)
+	repR, repW, err := os.Pipe()
+	if err != nil {
+		return fail(err)
+	}
+	childEnds, ours = append(childEnds, repW), append(ours, repR)
+
+	st := &Started{c: c, alive: cfgW, signals: opt.Signals, restore: func() {}}
+	var scfg supervisorConfig
+	files := []*os.File{cfgR, repW}
+	if a := opt.Attach; a != nil {
+		scfg.Attached = true
+		var in *os.File
+		if c.Spec.Interactive && a.Stdin != nil {
+			scfg.Stdin = true
+			if in, err = st.readerFile(a.Stdin, &childEnds); err != nil {
+				return fail(err)
+			}
+			if c.Spec.Process.TTY && term.IsTerminal(int(in.Fd())) {
+				if old, err := term.MakeRaw(int(in.Fd())); err == nil {
+					st.restore = func() { term.Restore(int(in.Fd()), old) } //nolint:errcheck // best effort
+				}
+			}
+		}
+		out, err := st.writerFile(a.Stdout, &childEnds)
+		if err != nil {
+			return fail(err)
+		}
+		errf, err := st.writerFile(a.Stderr, &childEnds)
+		if err != nil {
+			return fail(err)
+		}
+		files = append(files, in, out, errf)
 	}
 	cmd := &exec.Cmd{
-		Path:       self,
-		Args:       []string{InitArg0},
-		Env:        []string{},
-		ExtraFiles: []*os.File{configR, statusW},
-		SysProcAttr: &syscall.SysProcAttr{
-			Cloneflags: flags,
-			// The container cannot outlive the process serving its files.
-			Pdeathsig: syscall.SIGKILL,
-		},
-		WaitDelay: time.Second,
+		Path:        self,
+		Args:        append(append([]string{SupervisorArg0}, r.cfg.SupervisorArgs...), c.ID),
+		Stderr:      logf,
+		ExtraFiles:  files,
+		Dir:         "/",
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
 	}
-	term, err := r.attach(cmd, c.Spec, opt.IO)
-	if err != nil {
-		return setupErr(err)
-	}
-	defer term.close()
+	st.cmd = cmd
 	if err := cmd.Start(); err != nil {
-		return setupErr(fmt.Errorf("start container init: %w", err))
+		st.restore()
+		return fail(fmt.Errorf("start supervisor: %w", err))
 	}
-	term.started()
-	configR.Close()
-	statusW.Close()
+	for _, f := range childEnds {
+		f.Close()
+	}
+	childEnds = nil
+	b, _ := json.Marshal(scfg)
+	if _, err := cfgW.Write(append(b, '\n')); err != nil {
+		r.log.Debug("supervisor config not sent", "err", err)
+	}
+	var rep initStatus
+	err = json.NewDecoder(repR).Decode(&rep)
+	repR.Close()
+	if err != nil || rep.Error != "" {
+		// It has cleaned up, or is about to: let it finish.
+		cfgW.Close()
+		werr := cmd.Wait()
+		st.restore()
+		if err != nil {
+			return setupErr(fmt.Errorf("supervisor of container %s exited before it started the program (%v): %s", c.Name, werr, logTail(logPath)))
+		}
+		return nil, &StartError{rep.Code, errors.New(rep.Error)}
+	}
+	if nc, err := r.load(c.ID); err == nil {
+		c.Command, c.State = nc.Command, nc.State
+	}
+	if opt.Attach == nil {
+		cfgW.Close()
+	}
+	return st, nil
+}
+
+// readerFile gives a file the supervisor can read r from: r itself, or a
+// pipe fed from r. That copy ends at r's end; a read of a terminal cannot
+// be interrupted, so it is not waited for.
+func (st *Started) readerFile(r io.Reader, childEnds *[]*os.File) (*os.File, error) {
+	if f, ok := r.(*os.File); ok {
+		return f, nil
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	*childEnds = append(*childEnds, pr)
+	go func() {
+		io.Copy(pw, r) //nolint:errcheck // ends with the container or r
+		pw.Close()
+	}()
+	return pr, nil
+}
+
+// writerFile gives a file the supervisor can write w with: w itself, or a
+// pipe copied into w, which Wait waits for.
+func (st *Started) writerFile(w io.Writer, childEnds *[]*os.File) (*os.File, error) {
+	if w == nil {
+		w = io.Discard
+	}
+	if f, ok := w.(*os.File); ok {
+		return f, nil
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	*childEnds = append(*childEnds, pw)
+	st.copies.Add(1)
+	go func() {
+		defer st.copies.Done()
+		defer pr.Close()
+		io.Copy(w, pr) //nolint:errcheck // ends when the supervisor and the container are gone
+	}()
+	return pr, nil
+}
+
+// Container is the container that was started.
+func (st *Started) Container() *Container { return st.c }
+
+// Wait waits for the supervisor to exit, passing it the signals of
+// StartOptions.Signals, and returns the program's last exit code.
+func (st *Started) Wait() (int, error) {
+	defer st.restore()
+	defer st.alive.Close()
 	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
-
-	// The init waits for its config, so it joins the cgroup before the
-	// program exists.
-	if err := cg.Add(cmd.Process.Pid); err != nil {
-		cmd.Process.Kill()
-		<-waited
-		return setupErr(err)
-	}
-	if err := json.NewEncoder(configW).Encode(cfg); err != nil {
-		cmd.Process.Kill()
-		<-waited
-		return setupErr(fmt.Errorf("send container config: %w", err))
-	}
-	var st initStatus
-	if err := json.NewDecoder(statusR).Decode(&st); err != nil {
-		st = initStatus{Error: "container init exited before it started the program", Code: ExitSetup}
-	}
-	configW.Close()
-	if st.Error != "" {
-		<-waited
-		return st.Code, &StartError{st.Code, errors.New(st.Error)}
-	}
-	c.Command, c.Anonymous = st.Args, st.Anonymous
-	if err := writeJSON(filepath.Join(c.dir, "config.json"), c); err != nil {
-		r.log.Warn("cannot record container config", "id", c.ID, "err", err)
-	}
-	c.State = State{Status: StatusRunning, Pid: cmd.Process.Pid, StartedAt: time.Now().UTC()}
-	if err := c.saveState(); err != nil {
-		r.log.Warn("cannot record container state", "id", c.ID, "err", err)
-	}
-	r.log.Debug("container started", "id", c.ShortID(), "pid", st.Pid)
-
-	var kill <-chan time.Time
-	stopping := false
+	go func() { waited <- st.cmd.Wait() }()
 	for {
 		select {
-		case <-waited:
-			term.wait()
-			return exitCode(cmd.ProcessState), nil
-		case sig := <-opt.Signals:
-			if sig == syscall.SIGINT || sig == syscall.SIGTERM {
-				if stopping {
-					r.kill(cmd, cg)
-					continue
+		case sig := <-st.signals:
+			st.cmd.Process.Signal(sig) //nolint:errcheck // it may have just exited
+		case err := <-waited:
+			st.copies.Wait()
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+					return ExitSetup, fmt.Errorf("the supervisor of container %s was killed by %v: see %s", st.c.Name, ws.Signal(), st.c.SupervisorLogPath())
 				}
-				stopping = true
-				kill = time.After(r.cfg.StopTimeout)
+				return ee.ExitCode(), nil
 			}
-			cmd.Process.Signal(sig) //nolint:errcheck // it may have just exited
-		case <-kill:
-			r.log.Info("container did not stop in time: killing it", "id", c.ShortID(), "timeout", r.cfg.StopTimeout)
-			r.kill(cmd, cg)
-		case <-ctx.Done():
-			r.kill(cmd, cg)
+			if err != nil {
+				return ExitSetup, err
+			}
+			return 0, nil
 		}
 	}
 }
 
-// kill ends the container at once: its init first, which takes every
-// process of its PID namespace with it, then anything left in its cgroup.
-func (r *Runtime) kill(cmd *exec.Cmd, cg *cgroup.Group) {
-	cmd.Process.Kill() //nolint:errcheck // it may have just exited
-	if err := cg.Kill(context.Background()); err != nil {
-		r.log.Warn("cannot kill the container's processes", "err", err)
-	}
-}
-
-func exitCode(ps *os.ProcessState) int {
-	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return exitSignalsBase + int(ws.Signal())
-	}
-	return ps.ExitCode()
-}
-
-// console connects a container's standard streams to ours.
-type console struct {
-	ptmx    *os.File // the terminal's controlling side, with -t
-	tty     *os.File
-	restore func()
-	copied  chan struct{}
-}
-
-// attach sets cmd's standard streams: the caller's own with -i and without
-// -t, a new pseudo-terminal with -t whose output is copied to Stdout.
-func (r *Runtime) attach(cmd *exec.Cmd, s Spec, io_ IO) (*console, error) {
-	con := &console{restore: func() {}}
-	if !s.Process.TTY {
-		if s.Interactive && io_.Stdin != nil {
-			cmd.Stdin = io_.Stdin
-		}
-		cmd.Stdout, cmd.Stderr = io_.Stdout, io_.Stderr
-		return con, nil
-	}
-	ptmx, tty, err := pty.Open()
+// logTail is the end of a log file, for an error message.
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("allocate a terminal: %w", err)
+		return err.Error()
 	}
-	con.ptmx, con.tty = ptmx, tty
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
-	if in, ok := io_.Stdin.(*os.File); ok && term.IsTerminal(int(in.Fd())) {
-		pty.InheritSize(in, ptmx) //nolint:errcheck // a default size is fine
-		if s.Interactive {
-			if old, err := term.MakeRaw(int(in.Fd())); err == nil {
-				con.restore = func() { term.Restore(int(in.Fd()), old) } //nolint:errcheck // best effort
-			}
-		}
+	if len(b) > 2048 {
+		b = b[len(b)-2048:]
 	}
-	con.copied = make(chan struct{})
-	go func() {
-		defer close(con.copied)
-		io.Copy(io_.Stdout, ptmx) //nolint:errcheck // ends with EIO when the container's side closes
-	}()
-	if s.Interactive && io_.Stdin != nil {
-		// Ends with the process: a read from the caller's stdin cannot be
-		// interrupted.
-		go io.Copy(ptmx, io_.Stdin) //nolint:errcheck
-	}
-	return con, nil
-}
-
-// started closes our copy of the container's side of the terminal, so the
-// output copy ends when the container's last process does.
-func (c *console) started() {
-	if c.tty != nil {
-		c.tty.Close()
-	}
-}
-
-// wait lets the output copy drain after the container exited.
-func (c *console) wait() {
-	if c.copied == nil {
-		return
-	}
-	select {
-	case <-c.copied:
-	case <-time.After(2 * time.Second):
-	}
-}
-
-func (c *console) close() {
-	c.restore()
-	if c.ptmx != nil {
-		c.ptmx.Close()
-	}
-	if c.tty != nil {
-		c.tty.Close()
-	}
+	return strings.TrimSpace(string(b))
 }
 
 // initFiles writes the container's /etc/hosts, /etc/hostname and
@@ -429,26 +425,68 @@ func (r *Runtime) initFiles(c *Container) ([]bindMount, error) {
 
 // Remove deletes a container that is not running, with its upper layer,
 // and with volumes its anonymous volumes. With force a running one is
-// killed first.
-func (r *Runtime) Remove(c *Container, force, volumes bool) error {
-	if c.State.Status == StatusRunning {
-		if !force {
-			return fmt.Errorf("%w: you cannot remove a running container %s; stop the container before attempting removal or force remove", ErrConflict, c.ShortID())
-		}
-		if c.State.Pid > 0 {
-			syscall.Kill(c.State.Pid, syscall.SIGKILL) //nolint:errcheck // it may be gone
-		}
-		// Its supervisor notices the exit and unmounts; wait for its lock.
-		deadline := time.Now().Add(r.cfg.StopTimeout)
-		for c.locked() && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
+// killed first: through its supervisor, which then tears it down; if that
+// does not exit in time (it may hang in its teardown too), the supervisor
+// is killed and Remove cleans up itself (mounts, cgroup, processes).
+func (r *Runtime) Remove(ctx context.Context, c *Container, force, volumes bool) error {
+	if c.State.Alive() && !force {
+		return fmt.Errorf("%w: you cannot remove a running container %s; stop the container before attempting removal or force remove", ErrConflict, c.ShortID())
+	}
+	if c.State.Alive() {
+		err := c.control(ctx, controlRequest{Op: opKill, Signal: int(syscall.SIGKILL)})
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			// It does not even answer.
+			if err := r.killSupervisor(ctx, c); err != nil {
+				return err
+			}
+		} else if err != nil {
+			r.log.Debug("kill through the supervisor", "id", c.ShortID(), "err", err)
 		}
 	}
+	if c.locked() {
+		// Running, or its supervisor still tearing it down.
+		limit := stopGrace
+		if force {
+			limit = r.cfg.StopTimeout
+		}
+		if err := r.waitStopped(ctx, c, limit); err != nil {
+			if !force {
+				return err
+			}
+			if err := r.killSupervisor(ctx, c); err != nil {
+				return err
+			}
+		}
+	}
+	lock, err := c.lock()
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // removed by its supervisor (--rm)
+	}
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	return r.removeFiles(c, volumes)
 }
 
-func (r *Runtime) removeFiles(c *Container, volumes bool) error {
-	// A dead supervisor may have left the image mounted.
+// killSupervisor kills c's supervisor, which does not answer, and waits
+// for it to die; the caller cleans up after it.
+func (r *Runtime) killSupervisor(ctx context.Context, c *Container) error {
+	pidfd, err := r.supervisorPidfd(c)
+	if err != nil {
+		return r.waitStopped(ctx, c, 5*time.Second) // gone meanwhile, or not a supervisor's lock
+	}
+	defer unix.Close(pidfd)
+	r.log.Warn("supervisor did not exit: killing it", "id", c.ShortID(), "pid", c.State.SupervisorPid)
+	if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("kill the supervisor of %s: %w", c.Name, err)
+	}
+	return r.waitStopped(ctx, c, 5*time.Second)
+}
+
+// cleanUp undoes what a supervisor that died may have left: the image's
+// mount, the container's cgroup and the processes in it, the socket.
+func (r *Runtime) cleanUp(c *Container) error {
 	for _, dir := range []string{c.rootfsDir(), c.lowerDir()} {
 		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
 			return fmt.Errorf("unmount %s: %w", dir, err)
@@ -457,9 +495,26 @@ func (r *Runtime) removeFiles(c *Container, volumes bool) error {
 	if err := cgroup.Remove(context.Background(), c.ID); err != nil {
 		return err
 	}
-	if err := os.RemoveAll(c.dir); err != nil {
+	if err := os.Remove(filepath.Join(c.dir, socketName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+func (r *Runtime) removeFiles(c *Container, volumes bool) error {
+	if err := r.cleanUp(c); err != nil {
+		return err
+	}
+	// Gone at once, lock file included, then deleted: nobody sees half a
+	// container. A crash leaves a .removing- directory that List skips.
+	gone := filepath.Join(r.containersDir(), ".removing-"+c.ID)
+	if err := os.Rename(c.dir, gone); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove container %s: %w", c.ShortID(), err)
 	}
+	if err := os.RemoveAll(gone); err != nil {
+		return fmt.Errorf("remove container %s: %w", c.ShortID(), err)
+	}
+	r.releaseName(c)
 	if volumes {
 		for _, name := range c.Anonymous {
 			if err := os.RemoveAll(filepath.Join(r.volumesDir(), name)); err != nil {

@@ -26,9 +26,9 @@ func volumeDir(volumes, name string) string { return filepath.Join(volumes, name
 
 // containerMounts turns the process's -v mounts and anonymous volumes into
 // bind mounts, creating what is missing as docker does: a bind's host
-// directory, a named volume, a new anonymous volume. A volume that is new
-// gets a copy of what the image has at its path. It returns the names of
-// the anonymous volumes it created.
+// directory, a named volume, a new anonymous volume (or, on a restart, the
+// one p.Anonymous names). A volume that is new gets a copy of what the
+// image has at its path. It returns the names of the anonymous volumes.
 func containerMounts(p *rootfsPlan, proc *spec.Process) (binds []bindMount, anonymous []string, err error) {
 	newVolume := func(name, target string, noCopy bool) (string, error) {
 		dir := volumeDir(p.Volumes, name)
@@ -65,12 +65,17 @@ func containerMounts(p *rootfsPlan, proc *spec.Process) (binds []bindMount, anon
 			binds = append(binds, bindMount{Source: dir, Target: m.Target, ReadOnly: m.ReadOnly})
 		}
 	}
-	for _, target := range proc.Volumes {
-		var id [32]byte
-		if _, err := rand.Read(id[:]); err != nil {
-			return nil, nil, err
+	for i, target := range proc.Volumes {
+		var name string
+		if i < len(p.Anonymous) && validVolumeName.MatchString(p.Anonymous[i]) {
+			name = p.Anonymous[i]
+		} else {
+			var id [32]byte
+			if _, err := rand.Read(id[:]); err != nil {
+				return nil, nil, err
+			}
+			name = hex.EncodeToString(id[:])
 		}
-		name := hex.EncodeToString(id[:])
 		dir, err := newVolume(name, target, false)
 		if err != nil {
 			return nil, nil, err

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -72,22 +73,94 @@ func newEnv(t *testing.T, cfg v1.Config) *env {
 	layer := testutil.WriteLayerDir(t, testutil.BusyboxRoot(t), types.OCILayer)
 	ref, _ := testutil.PushImage(t, reg.Addr, "busybox", []testutil.Layer{layer}, testutil.ImageConfig{Config: cfg})
 	e := &env{root: t.TempDir(), ref: ref}
-	t.Cleanup(func() { e.checkClean(t) })
+	t.Cleanup(func() {
+		e.checkSupervisorLogs(t)
+		if t.Failed() {
+			e.debugSupervisors(t)
+		}
+		e.checkClean(t)
+	})
 	return e
 }
 
-// checkClean fails the test if a container of this root left a mount or a
-// cgroup behind.
+// checkClean fails the test if a container of this root left a mount, a
+// supervisor or a cgroup behind. Containers still recorded are removed
+// first (rm -f), as a failed test may leave them running.
 func (e *env) checkClean(t *testing.T) {
 	t.Helper()
-	mi, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
+	ids := e.containerIDs()
+	if len(ids) > 0 {
+		// t.Context is done by now.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, lazyrunBin, append([]string{"--root", e.root, "rm", "-f"}, ids...)...).CombinedOutput()
+		if err != nil {
+			t.Errorf("rm -f of the containers left: %v\n%s", err, out)
+		}
 	}
-	for line := range strings.Lines(string(mi)) {
-		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], e.root) {
-			t.Errorf("mount left behind: %s", f[4])
-			syscall.Unmount(f[4], syscall.MNT_DETACH)
+	for _, l := range leftovers(e.root, ids) {
+		t.Errorf("left behind: %s", l)
+	}
+}
+
+// containerIDs are the containers recorded under the root now.
+func (e *env) containerIDs() []string {
+	ents, _ := os.ReadDir(filepath.Join(e.root, "containers"))
+	var ids []string
+	for _, d := range ents {
+		if len(d.Name()) == 64 {
+			ids = append(ids, d.Name())
+		}
+	}
+	return ids
+}
+
+// leftovers lists what containers of root, among them ids, left on the
+// machine: mounts under root (unmounted here, so one test's leak does not
+// fail the next), processes whose command line names root (supervisors),
+// and cgroups named after the containers (which exist while a process of
+// the container does).
+func leftovers(root string, ids []string) []string {
+	var out []string
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for line := range strings.Lines(string(mi)) {
+			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], root) {
+				out = append(out, "mount "+f[4])
+				syscall.Unmount(f[4], syscall.MNT_DETACH)
+			}
+		}
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(b, []byte(root)) {
+			out = append(out, fmt.Sprintf("process %s: %q", filepath.Base(filepath.Dir(p)), bytes.ReplaceAll(b, []byte{0}, []byte{' '})))
+		}
+	}
+	for _, id := range ids {
+		dirs, _ := filepath.Glob("/sys/fs/cgroup/*/lazyrun/" + id)
+		more, _ := filepath.Glob("/sys/fs/cgroup/lazyrun/" + id)
+		for _, d := range append(dirs, more...) {
+			out = append(out, "cgroup "+d)
+		}
+	}
+	return out
+}
+
+// checkSupervisorLogs fails the test if a supervisor of the root logged a
+// warning or an error, and shows every supervisor's log when it failed.
+func (e *env) checkSupervisorLogs(t *testing.T) {
+	logs, _ := filepath.Glob(filepath.Join(e.root, "containers", "*", "supervisor.log"))
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		if bytes.Contains(b, []byte("level=WARN")) || bytes.Contains(b, []byte("level=ERROR")) || bytes.Contains(b, []byte("DATA RACE")) {
+			t.Errorf("a supervisor complained")
+		}
+		if t.Failed() {
+			t.Logf("%s:\n%s", l, b)
 		}
 	}
 }
@@ -359,5 +432,31 @@ func TestRunTerminal(t *testing.T) {
 		if !strings.Contains(got, want) {
 			t.Errorf("terminal output lacks %q:\n%q", want, got)
 		}
+	}
+}
+
+// debugSupervisors shows, for each container whose supervisor still runs,
+// where its threads wait, what its cgroup holds, and every process that
+// waits in the kernel: what a failed test needs to tell a hang.
+func (e *env) debugSupervisors(t *testing.T) {
+	for _, id := range e.containerIDs() {
+		b, err := os.ReadFile(filepath.Join(e.root, "containers", id, "state.json"))
+		if err != nil {
+			continue
+		}
+		var st struct {
+			SupervisorPid, Pid int
+		}
+		json.Unmarshal(b, &st)
+		if st.SupervisorPid <= 0 || syscall.Kill(st.SupervisorPid, 0) != nil {
+			continue
+		}
+		script := fmt.Sprintf(`for t in /proc/%[1]d/task/*; do echo "$t $(cat $t/wchan) $(cut -d' ' -f3 $t/stat)"; cat $t/stack; done
+ls -l /proc/%[1]d/fd
+for c in /sys/fs/cgroup/*/lazyrun/%[2]s; do echo $c: $(cat $c/cgroup.procs); done
+ps -eo pid,ppid,stat,wchan:32,args | awk '$3 !~ /^[SRI]/ || /lazyrun/'
+for p in $(ps -eo pid,stat | awk '$2 ~ /^D/ {print $1}'); do echo "stack of $p:"; cat /proc/$p/stack; done`, st.SupervisorPid, id)
+		out, _ := exec.Command("sh", "-c", script).CombinedOutput()
+		t.Logf("container %s: state %s\n%s", id[:12], b, out)
 	}
 }

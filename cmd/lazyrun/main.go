@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -19,8 +20,11 @@ import (
 )
 
 func main() {
-	if filepath.Base(os.Args[0]) == runtime.InitArg0 {
+	switch filepath.Base(os.Args[0]) {
+	case runtime.InitArg0:
 		os.Exit(runtime.Init())
+	case runtime.ExecArg0:
+		os.Exit(runtime.ExecInContainer())
 	}
 	// Signals are the container's business while one runs: each command
 	// that runs one takes them itself.
@@ -83,8 +87,15 @@ func newRootCommand(stdin io.Reader, stdout, stderr io.Writer, code *exitCoder) 
 	g.AddFlags(root.PersistentFlags())
 	root.AddCommand(
 		newRunCommand(g, stdin, code),
+		newStartCommand(g, stdin, code),
+		newStopCommand(g),
+		newRestartCommand(g),
+		newKillCommand(g),
+		newExecCommand(g),
+		newLogsCommand(g),
 		newPsCommand(g),
 		newRmCommand(g),
+		newSuperviseCommand(g, code),
 		newPullCommand(g),
 		newImagesCommand(g),
 		newCommitCommand(g),
@@ -98,6 +109,56 @@ func open(g *cli.Globals) (*runtime.Runtime, *cli.Parts, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	rt := runtime.New(runtime.Config{Root: g.Root, Client: p.Client, Store: p.Store, Resolver: p.Resolver, ReadTimeout: g.ReadTimeout, Logger: g.Log})
+	sup, err := supervisorArgs(g)
+	if err != nil {
+		p.Close()
+		return nil, nil, err
+	}
+	rt := runtime.New(runtime.Config{Root: g.Root, Client: p.Client, Store: p.Store, Resolver: p.Resolver,
+		ReadTimeout: g.ReadTimeout, SupervisorArgs: sup, Logger: g.Log})
 	return rt, p, nil
+}
+
+// openLocal gives a runtime for the commands that read and change only the
+// root (ps, stop, logs, ...): no registry client, no cache.
+func openLocal(g *cli.Globals) (*runtime.Runtime, error) {
+	sup, err := supervisorArgs(g)
+	if err != nil {
+		return nil, err
+	}
+	return runtime.New(runtime.Config{Root: g.Root, SupervisorArgs: sup, Logger: g.Log}), nil
+}
+
+// supervisorArgs are the arguments that make lazyrun a container's
+// supervisor with the same global flags as this command: it serves the
+// image, so it needs the registry and cache settings too.
+func supervisorArgs(g *cli.Globals) ([]string, error) {
+	root, err := filepath.Abs(g.Root) // the supervisor runs in /
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"--root", root, "--log-level", g.LogLevel, "--fetch-timeout", g.Timeout.String(),
+		"--cache-size", g.CacheSize, "--retries", strconv.Itoa(g.Retries), "--read-timeout", g.ReadTimeout.String()}
+	if g.Insecure {
+		args = append(args, "--insecure")
+	}
+	return append(args, "supervise"), nil
+}
+
+func newSuperviseCommand(g *cli.Globals, code *exitCoder) *cobra.Command {
+	return &cobra.Command{
+		Use:    "supervise CONTAINER-ID",
+		Short:  "Supervise a container (started by run and start, not by hand)",
+		Hidden: true,
+		Args:   cli.ExactArgs(1, "a container ID"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			rt, p, err := open(g)
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			*code = exitCoder(rt.Supervise(args[0]))
+			return nil
+		},
+	}
 }

@@ -21,16 +21,23 @@ func newRunCommand(g *cli.Globals, stdin io.Reader, code *exitCoder) *cobra.Comm
 		name, entrypoint      string
 		env, envFiles         []string
 		memory, cpus, network string
-		pids                  string
+		pids, restart         string
+		detach                bool
+		stopTimeout           int
 	)
 	cmd := &cobra.Command{
 		Use:   "run [OPTIONS] IMAGE [COMMAND] [ARG...]",
 		Short: "Run a command in a new container, mounting its image lazily",
-		Long: `Creates a container from IMAGE and runs it in the foreground, as docker run
-does. The image is not pulled: its files are fetched when first read. If the
-image has no index yet, one is built first by streaming each layer once (the
-log says so). lazyrun exits with the container's exit code; 125 when lazyrun
-itself failed, 126 when the command cannot be run, 127 when it was not found.`,
+		Long: `Creates a container from IMAGE and runs it, as docker run does. The image
+is not pulled: its files are fetched when first read. If the image has no
+index yet, one is built first by streaming each layer once (the log says so).
+
+A small supervisor process (lazyrun again, in a session of its own) serves
+the image, holds the container's output (see lazyrun logs) and records its
+exit. In the foreground lazyrun stays attached and exits with the
+container's exit code; 125 when lazyrun itself failed, 126 when the command
+cannot be run, 127 when it was not found. With -d it prints the container's
+ID once the program runs and returns; the container goes on.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
 				return cli.Usagef("\"lazyrun run\" requires at least 1 argument: an image; see 'lazyrun run --help'")
@@ -76,11 +83,36 @@ itself failed, 126 when the command cannot be run, 127 when it was not found.`,
 					return cli.UsageError{Err: err}
 				}
 			}
+			if s.Restart, err = runtime.ParseRestartPolicy(restart); err != nil {
+				return cli.UsageError{Err: err}
+			}
+			if s.Remove && s.Restart.Name != "" && s.Restart.Name != runtime.RestartNo {
+				return cli.Usagef("conflicting options: --restart and --rm")
+			}
+			if s.StopSignal != "" {
+				if _, err := runtime.ParseSignal(s.StopSignal); err != nil {
+					return cli.UsageError{Err: err}
+				}
+			}
+			if cmd.Flags().Changed("stop-timeout") {
+				s.StopTimeout = &stopTimeout
+			}
 			rt, p, err := open(g)
 			if err != nil {
 				return err
 			}
 			defer p.Close()
+			if detach {
+				c, err := rt.Create(cmd.Context(), args[0], runtime.RunOptions{Name: name, Spec: s})
+				if err != nil {
+					return err
+				}
+				if _, err := rt.Start(cmd.Context(), c, runtime.StartOptions{}); err != nil {
+					return err
+				}
+				fmt.Fprintln(g.Stdout, c.ID)
+				return nil
+			}
 			sigs := make(chan os.Signal, 8)
 			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
 			defer signal.Stop(sigs)
@@ -101,7 +133,11 @@ itself failed, 126 when the command cannot be run, 127 when it was not found.`,
 	f.SetInterspersed(false) // flags after IMAGE belong to the command
 	f.Bool("help", false, "help for run")
 	f.StringVar(&name, "name", "", "assign a name to the container")
+	f.BoolVarP(&detach, "detach", "d", false, "run the container in the background and print its ID")
 	f.BoolVar(&s.Remove, "rm", false, "remove the container and its anonymous volumes when it exits")
+	f.StringVar(&restart, "restart", runtime.RestartNo, "restart policy when the program exits: no, on-failure[:max-retries], always, unless-stopped")
+	f.StringVar(&s.StopSignal, "stop-signal", "", "signal that stops the container (default: the image's STOPSIGNAL, else SIGTERM)")
+	f.IntVar(&stopTimeout, "stop-timeout", 10, "seconds to wait for the program to stop before killing it (-1: for ever)")
 	f.StringArrayVarP(&env, "env", "e", nil, "set an environment variable (KEY=VALUE, or KEY to pass the caller's)")
 	f.StringArrayVar(&envFiles, "env-file", nil, "read environment variables from a file")
 	f.StringVarP(&s.Process.WorkingDir, "workdir", "w", "", "working directory inside the container")
@@ -126,6 +162,8 @@ func describeStatus(c *runtime.Container) string {
 	switch st.Status {
 	case runtime.StatusRunning:
 		return "Up " + units.HumanDuration(timeSince(st.StartedAt))
+	case runtime.StatusRestarting:
+		return fmt.Sprintf("Restarting (%d) %s ago", st.ExitCode, units.HumanDuration(timeSince(st.FinishedAt)))
 	case runtime.StatusExited:
 		return fmt.Sprintf("Exited (%d) %s ago", st.ExitCode, units.HumanDuration(timeSince(st.FinishedAt)))
 	case runtime.StatusDead:
