@@ -45,6 +45,9 @@ type Config struct {
 	// costs ~70x more (BenchmarkCowMetadata). Lower names with several hard
 	// links are never cached: copying one of them up changes its identity.
 	WritableCacheTimeout time.Duration
+	// Setuid honours setuid and setgid bits and device nodes, as a
+	// container's root file system must; false mounts nosuid,nodev.
+	Setuid bool
 }
 
 // fileSystem is what every node of one mount shares.
@@ -135,6 +138,11 @@ func MountLayers(dir string, layers []*index.Index, src FrameSource, cfg Config)
 		opts.EntryTimeout, opts.AttrTimeout = nil, nil
 		opts.NegativeTimeout = &wt
 		root = cow.root
+	}
+	if cfg.Setuid {
+		// go-fuse reads zero as "nosuid,nodev"; the kernel ignores this
+		// magic value, leaving no flags.
+		opts.DirectMountFlags = unix.MS_MGC_VAL
 	}
 	server, err := fs.Mount(dir, root, opts)
 	if err != nil {

@@ -44,7 +44,20 @@ type Spec struct {
 	// StopTimeout is --stop-timeout in seconds: how long stop waits before
 	// it kills; nil means Config.StopTimeout, negative waits for ever.
 	StopTimeout *int `json:"stopTimeout,omitempty"`
+	// Cow is --cow: who keeps the container's changes, CowOverlay ("" too)
+	// or CowFuse.
+	Cow string `json:"cow,omitempty"`
 }
+
+// Copy-on-write modes. Both keep the upper directory in overlayfs' format.
+const (
+	// CowOverlay is a kernel overlay mount over the read-only lazy mount:
+	// writes never pass through FUSE.
+	CowOverlay = "overlay"
+	// CowFuse is lazyfs' own copy-on-write in the one FUSE mount: no
+	// overlayfs needed, every change passes through the supervisor.
+	CowFuse = "fuse"
+)
 
 // Restart policies, as docker's --restart names them.
 const (

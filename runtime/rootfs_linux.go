@@ -1,6 +1,9 @@
 package runtime
 
 import (
+	"archive/tar"
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -8,9 +11,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/lazyfs/lazyfs/index"
 )
 
 // bindMount is one host path shown inside the container.
@@ -24,7 +31,8 @@ type bindMount struct {
 // rootfsPlan is what the container's init mounts before pivot_root.
 type rootfsPlan struct {
 	Rootfs  string      `json:"rootfs"` // where the root is assembled (a host path)
-	Lower   []string    `json:"lower"`  // overlay lower directories, top first
+	Lower   []string    `json:"lower"`  // overlay lower directories, top first; with CowFuse the writable mount
+	Cow     string      `json:"cow,omitempty"`
 	Upper   string      `json:"upper"`
 	Work    string      `json:"work"`
 	Binds   []bindMount `json:"binds"`   // besides the -v ones: init files
@@ -54,6 +62,28 @@ func writeInitLayer(dir string) error {
 	return nil
 }
 
+// initLayerIndex is writeInitLayer's layer as an index, for a CowFuse
+// mount: its files are empty, so no frame of it is ever read.
+func initLayerIndex() (*index.Index, error) {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	now := time.Now()
+	for _, d := range []string{"proc/", "sys/", "dev/", "etc/"} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d, Mode: 0o755, ModTime: now}); err != nil {
+			return nil, err
+		}
+	}
+	for _, f := range []string{"etc/hosts", "etc/hostname", "etc/resolv.conf"} {
+		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: f, Mode: 0o644, ModTime: now}); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	return index.Build(context.Background(), digest.FromBytes(buf.Bytes()), &buf, index.BuildOptions{})
+}
+
 // mountRoot runs in the container's init, in its new mount namespace, and
 // mounts the container's root file system at p.Rootfs. Nothing it mounts is
 // visible outside, and the kernel drops it all when the namespace's last
@@ -62,6 +92,13 @@ func mountRoot(p *rootfsPlan) error {
 	// Keep our mounts from propagating back to the host.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return fmt.Errorf("make / private: %w", err)
+	}
+	if p.Cow == CowFuse {
+		// The FUSE mount already is the writable root.
+		if err := unix.Mount(p.Lower[0], p.Rootfs, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind %s on %s: %w", p.Lower[0], p.Rootfs, err)
+		}
+		return nil
 	}
 	// The features that would write overlay-private xattrs into the upper
 	// (redirects, metacopy, the inode index) stay off whatever the kernel's

@@ -111,6 +111,11 @@ func (r *Runtime) Create(ctx context.Context, ref string, opt RunOptions) (*Cont
 	if _, err := r.cfg.Resolver.Layers(ctx, img); err != nil {
 		return nil, &StartError{ExitSetup, err}
 	}
+	switch opt.Spec.Cow {
+	case "", CowOverlay, CowFuse:
+	default:
+		return nil, &StartError{ExitSetup, fmt.Errorf("copy-on-write mode %q: want %s or %s", opt.Spec.Cow, CowOverlay, CowFuse)}
+	}
 	c := &Container{Name: opt.Name, Image: ref, ImageDigest: img.Digest, Spec: opt.Spec}
 	if c.Spec.Net == "" {
 		c.Spec.Net = NetHost

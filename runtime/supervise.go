@@ -244,13 +244,28 @@ func (s *supervisor) run(report func(initStatus)) (code int, err error) {
 	for i, l := range ls {
 		idxs[i] = l.Index
 	}
+	mcfg := fusefs.Config{FSName: "lazyfs:" + c.Image, Logger: s.log}
+	lower := []string{c.initDir(), c.lowerDir()}
+	if c.Spec.Cow == CowFuse {
+		// One writable mount is the container's root: the init layer is
+		// its top lower layer, made in memory.
+		initLayer, err := initLayerIndex()
+		if err != nil {
+			return 0, fmt.Errorf("init layer: %w", err)
+		}
+		idxs = append(idxs, initLayer)
+		mcfg.UpperDir, mcfg.WorkDir, mcfg.Setuid = c.UpperDir(), c.workDir(), true
+		lower = []string{c.lowerDir()}
+	} else if err := writeInitLayer(c.initDir()); err != nil {
+		return 0, fmt.Errorf("init layer: %w", err)
+	}
 	src := layers.NewSource(r.cfg.Client, img.Repo, r.cfg.Store, s.log)
 	src.SetReadTimeout(r.cfg.ReadTimeout)
 	defer func() { // after the unmount below: no read can come in later
 		defer s.watch("close the frame source")()
 		src.Close()
 	}()
-	m, err := fusefs.MountLayers(c.lowerDir(), idxs, src, fusefs.Config{FSName: "lazyfs:" + c.Image, Logger: s.log})
+	m, err := fusefs.MountLayers(c.lowerDir(), idxs, src, mcfg)
 	if err != nil {
 		return 0, err
 	}
@@ -264,9 +279,6 @@ func (s *supervisor) run(report func(initStatus)) (code int, err error) {
 	}()
 	s.log.Debug("image mounted", "image", c.Image, "path", c.lowerDir(), "dur", time.Since(start))
 
-	if err := writeInitLayer(c.initDir()); err != nil {
-		return 0, fmt.Errorf("init layer: %w", err)
-	}
 	binds, err := r.initFiles(c)
 	if err != nil {
 		return 0, err
@@ -296,7 +308,7 @@ func (s *supervisor) run(report func(initStatus)) (code int, err error) {
 	s.init = initConfig{
 		PidsMaxFile: s.cg.PidsMaxFile(),
 		PidsLimit:   c.Spec.PidsLimit,
-		Plan: rootfsPlan{Rootfs: c.rootfsDir(), Lower: []string{c.initDir(), c.lowerDir()},
+		Plan: rootfsPlan{Rootfs: c.rootfsDir(), Lower: lower, Cow: c.Spec.Cow,
 			Upper: c.UpperDir(), Work: c.workDir(), Binds: binds, Volumes: r.volumesDir(),
 			Net: c.Spec.Net, Tty: c.Spec.Process.TTY},
 		Spec:  c.Spec,

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"io"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -83,11 +84,11 @@ func TestRunDebianPython(t *testing.T) {
 
 	// run runs args in a new container and returns its output and the
 	// layer bytes fetched for it.
-	run := func(t *testing.T, args ...string) (string, int64) {
+	run := func(t *testing.T, flags []string, args ...string) (string, int64) {
 		t.Helper()
 		proxy.ClearStats()
 		start := time.Now()
-		r := e.lazyrun(t, "", append([]string{"run", "--rm", ref}, args...)...)
+		r := e.lazyrun(t, "", slices.Concat([]string{"run", "--rm"}, flags, []string{ref}, args)...)
 		took := time.Since(start)
 		st := proxy.Stats()
 		var layerBytes, otherBytes int64
@@ -111,7 +112,7 @@ func TestRunDebianPython(t *testing.T) {
 	}
 
 	t.Run("python3 -c", func(t *testing.T) {
-		out, fetched := run(t, "python3", "-c", "import sys; print(sys.version_info[:2])")
+		out, fetched := run(t, nil, "python3", "-c", "import sys; print(sys.version_info[:2])")
 		if out != "(3, 11)\n" {
 			t.Errorf("python3 printed %q, want bookworm's \"(3, 11)\\n\"", out)
 		}
@@ -120,13 +121,18 @@ func TestRunDebianPython(t *testing.T) {
 		}
 	})
 	t.Run("dpkg -l", func(t *testing.T) {
-		out, _ := run(t, "dpkg", "-l", "python3")
+		out, _ := run(t, nil, "dpkg", "-l", "python3")
 		if !regexp.MustCompile(`(?m)^ii  python3 +3\.11\.`).MatchString(out) {
 			t.Errorf("dpkg -l python3 does not list python3 3.11 installed:\n%s", out)
 		}
 	})
-	t.Run("script", func(t *testing.T) {
-		script := `set -e
+	for _, cow := range []string{"overlay", "fuse"} {
+		t.Run("script/cow="+cow, func(t *testing.T) { testDebianScript(t, run, cow) })
+	}
+}
+
+func testDebianScript(t *testing.T, run func(*testing.T, []string, ...string) (string, int64), cow string) {
+	script := `set -e
 cd /tmp
 python3 -c 'import json, os; json.dump({"sum": sum(range(10)), "stdlib": len(os.listdir("/usr/lib/python3.11")) > 100}, open("out.json", "w"))'
 cat out.json; echo
@@ -137,11 +143,10 @@ p.write_text("lazy\n" * 1000)
 print(hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size)
 EOF
 ls -l /tmp/data.txt | cut -d' ' -f1,3,5`
-		out, _ := run(t, "sh", "-c", script)
-		sum := sha256.Sum256([]byte(strings.Repeat("lazy\n", 1000)))
-		want := `{"sum": 45, "stdlib": true}` + "\n" + hex.EncodeToString(sum[:]) + " 5000\n-rw-r--r-- root 5000\n"
-		if out != want {
-			t.Errorf("script printed\n%s\nwant\n%s", out, want)
-		}
-	})
+	out, _ := run(t, []string{"--cow", cow}, "sh", "-c", script)
+	sum := sha256.Sum256([]byte(strings.Repeat("lazy\n", 1000)))
+	want := `{"sum": 45, "stdlib": true}` + "\n" + hex.EncodeToString(sum[:]) + " 5000\n-rw-r--r-- root 5000\n"
+	if out != want {
+		t.Errorf("script printed\n%s\nwant\n%s", out, want)
+	}
 }

@@ -253,17 +253,26 @@ func TestRunBusybox(t *testing.T) {
 	})
 }
 
+// Both copy-on-write modes leave the same upper directory.
 func TestRunWritesUpperAndLifecycle(t *testing.T) {
 	e := newEnv(t, v1.Config{})
+	for _, cow := range []string{"overlay", "fuse"} {
+		t.Run(cow, func(t *testing.T) { testRunWritesUpper(t, e, cow) })
+	}
+}
+
+func testRunWritesUpper(t *testing.T, e *env, cow string) {
 	script := `set -e
 echo new > /tmp/new.txt
 mkdir -p /data/sub && echo deep > /data/sub/f
 mv /tmp/new.txt /tmp/renamed.txt
 rm /var/fifo
 echo changed >> /etc/passwd
-ls /tmp`
-	r := e.lazyrun(t, "", "run", "--name", "writer", e.ref, "sh", "-c", script)
-	if r.code != 0 || r.stdout != "renamed.txt\n" {
+ls /tmp
+grep -E '^[^ ]+ / ' /proc/mounts | grep -c nosuid || true`
+	r := e.lazyrun(t, "", "run", "--cow", cow, "--name", "writer", e.ref, "sh", "-c", script)
+	// The root honours setuid bits in both modes: no nosuid on /.
+	if r.code != 0 || r.stdout != "renamed.txt\n0\n" {
 		t.Fatalf("run = exit %d, stdout %q, stderr %s", r.code, r.stdout, r.stderr)
 	}
 	ps := e.mustRun(t, "ps", "-a")

@@ -68,6 +68,11 @@ ID once the program runs and returns; the container goes on.`,
 			default:
 				return cli.Usagef("--net %q: want host or none", network)
 			}
+			switch s.Cow {
+			case runtime.CowOverlay, runtime.CowFuse:
+			default:
+				return cli.Usagef("--cow %q: want overlay or fuse", s.Cow)
+			}
 			if memory != "" {
 				if s.Memory, err = spec.ParseMemory(memory); err != nil {
 					return cli.UsageError{Err: err}
@@ -151,6 +156,7 @@ ID once the program runs and returns; the container goes on.`,
 	f.StringVarP(&memory, "memory", "m", "", "memory limit (e.g. 512m, 1g)")
 	f.StringVar(&cpus, "cpus", "", "number of CPUs (e.g. 0.5)")
 	f.StringVar(&pids, "pids-limit", "", "process limit; 0 or -1 = unlimited")
+	f.StringVar(&s.Cow, "cow", runtime.CowOverlay, "who keeps the container's changes: overlay (kernel overlayfs over the lazy mount) or fuse (lazyfs' own copy-on-write)")
 	f.StringVar(&network, "net", runtime.NetHost, "network: host (the host's network) or none (loopback only)")
 	f.StringVar(&network, "network", runtime.NetHost, "same as --net")
 	return cmd
