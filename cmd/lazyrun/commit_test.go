@@ -53,7 +53,14 @@ func registryJSON(t *testing.T, reg *testutil.Registry, p string, v any) []byte 
 	return b
 }
 
+// Both copy-on-write modes commit the same way.
 func TestCommit(t *testing.T) {
+	for _, cow := range []string{"overlay", "fuse"} {
+		t.Run(cow, func(t *testing.T) { testCommit(t, cow) })
+	}
+}
+
+func testCommit(t *testing.T, cow string) {
 	requireRoot(t)
 	reg := testutil.StartRegistry(t)
 	base := testutil.BusyboxRoot(t)
@@ -88,7 +95,7 @@ echo appended >> /etc/passwd
 rm -rf /opt/app
 mkdir /opt/app
 echo fresh > /opt/app/config2`
-	e.mustRun(t, "run", "--name", "writer", ref, "sh", "-c", script)
+	e.mustRun(t, "run", "--cow", cow, "--name", "writer", ref, "sh", "-c", script)
 
 	newRef := reg.Addr + "/committed:v1"
 	out := e.mustRun(t, "commit", "-m", "the message", "-a", "Jane <jane@example.com>", "writer", newRef)
