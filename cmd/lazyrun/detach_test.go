@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -483,4 +484,60 @@ func TestExecTerminal(t *testing.T) {
 		}
 	}
 	e.mustRun(t, "rm", "-f", "box")
+}
+
+// The process serving the container's files (its supervisor) killed while
+// the container writes: every write that returned is in the upper layer,
+// ps says the container is dead, and a start mounts the same upper again.
+// With --cow=fuse the writes pass through the killed process itself.
+func TestSupervisorKilledDuringWrites(t *testing.T) {
+	e := newEnv(t, v1.Config{})
+	for _, cow := range []string{"overlay", "fuse"} {
+		t.Run(cow, func(t *testing.T) {
+			name := "writer-" + cow
+			// A number is printed once the file that holds it was written.
+			id := e.runDetached(t, "--cow", cow, "--name", name, e.ref, "sh", "-c",
+				`mkdir -p /data; i=0; while :; do i=$((i+1)); echo "line $i" > /data/f$i; echo $i; done`)
+			e.waitLog(t, name, "200", 1)
+			sup, _ := e.state(t, id)["supervisorPid"].(float64)
+			pidfd, err := pidfdOpen(int(sup))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := syscall.Kill(int(sup), syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			waitExit(t, pidfd)
+			if line := e.psLine(t, name, "-a"); !strings.Contains(line, "Dead") {
+				t.Errorf("ps -a after the supervisor was killed: %q, want Dead", line)
+			}
+			logged := 0
+			for line := range strings.Lines(e.mustRun(t, "logs", name)) {
+				n, err := strconv.Atoi(strings.TrimSpace(line))
+				if err != nil {
+					t.Fatalf("log line %q", line)
+				}
+				logged = max(logged, n)
+			}
+			upper := filepath.Join(e.root, "containers", id, "upper", "data")
+			for i := 1; i <= logged; i++ {
+				b, err := os.ReadFile(filepath.Join(upper, fmt.Sprintf("f%d", i)))
+				if want := fmt.Sprintf("line %d\n", i); err != nil || string(b) != want {
+					t.Fatalf("write %d of %d that returned: upper has %q, %v; want %q", i, logged, b, err, want)
+				}
+			}
+			t.Logf("%d writes returned before the kill; all %d are in the upper layer", logged, logged)
+
+			// Started again: the same upper, through a new mount.
+			e.mustRun(t, "start", name)
+			check := fmt.Sprintf(`for i in $(seq 1 %d); do [ "$(cat /data/f$i)" = "line $i" ] || echo bad $i; done; echo checked`, logged)
+			if out := e.mustRun(t, "exec", name, "sh", "-c", check); out != "checked\n" {
+				t.Errorf("after start, the container sees: %q", out)
+			}
+			e.mustRun(t, "rm", "-f", name)
+			if l := leftovers(e.root, []string{id}); len(l) > 0 {
+				t.Errorf("left behind after rm -f: %v", l)
+			}
+		})
+	}
 }
