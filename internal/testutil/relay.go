@@ -10,7 +10,7 @@ import (
 // Relay forwards TCP connections from a free loopback port to an upstream
 // address, byte for byte, until Stop: then its port refuses connections and
 // the connections it carried are closed, as if the server behind it had
-// gone away. Clients use Addr instead of the upstream's address (a registry
+// gone away, until Restart brings it back on the same port. Clients use Addr instead of the upstream's address (a registry
 // builds its redirects from the Host header, so they point back here).
 type Relay struct {
 	Addr string // 127.0.0.1:PORT
@@ -32,17 +32,38 @@ func StartRelay(t testing.TB, upstream string) *Relay {
 	if err != nil {
 		t.Fatalf("StartRelay: %v", err)
 	}
-	r := &Relay{Addr: l.Addr().String(), l: l, upstream: upstream, conns: map[net.Conn]struct{}{}}
-	r.wg.Add(1)
-	go r.accept()
+	r := &Relay{Addr: l.Addr().String(), upstream: upstream}
+	r.serve(l)
 	t.Cleanup(r.Stop)
 	return r
 }
 
+func (r *Relay) serve(l net.Listener) {
+	r.mu.Lock()
+	r.l, r.conns, r.stopped = l, map[net.Conn]struct{}{}, false
+	r.mu.Unlock()
+	r.wg.Add(1)
+	go r.accept()
+}
+
+// Restart listens on Addr again after Stop: the server is back.
+func (r *Relay) Restart(t testing.TB) {
+	t.Helper()
+	r.Stop()
+	l, err := net.Listen("tcp", r.Addr)
+	if err != nil {
+		t.Fatalf("relay restart: %v", err)
+	}
+	r.serve(l)
+}
+
 func (r *Relay) accept() {
 	defer r.wg.Done()
+	r.mu.Lock()
+	l := r.l
+	r.mu.Unlock()
 	for {
-		c, err := r.l.Accept()
+		c, err := l.Accept()
 		if err != nil {
 			return // stopped
 		}

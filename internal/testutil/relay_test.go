@@ -31,4 +31,8 @@ func TestRelayForwardsUntilStopped(t *testing.T) {
 		t.Errorf("second GET after Stop = %v, want connection refused", err)
 	}
 	r.Stop() // idempotent
+	r.Restart(t)
+	if b, err := get(); err != nil || len(b) != len(blob) {
+		t.Fatalf("GET after Restart = %d bytes, %v; want %d", len(b), err, len(blob))
+	}
 }
