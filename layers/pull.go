@@ -180,21 +180,32 @@ func (p *puller) plan(li int, x *index.Index, missing []int) []*pullJob {
 		return []*pullJob{{layer: li, want: missing, whole: true}}
 	}
 	var out []*pullJob
-	var cur *pullJob
-	for _, k := range missing {
-		if cur != nil {
-			first, last := &x.Frames[cur.want[0]], &x.Frames[cur.want[len(cur.want)-1]]
+	for _, run := range coalesce(x, missing, p.cfg.MaxGap, p.cfg.MaxRequest) {
+		out = append(out, &pullJob{layer: li, want: run})
+	}
+	return out
+}
+
+// coalesce cuts frames of x (ascending) into runs that one Range request
+// each can fetch: consecutive frames, or frames with at most maxGap
+// compressed bytes of other frames between them, spanning at most
+// maxRequest bytes (a larger frame is a run of its own).
+func coalesce(x *index.Index, frames []int, maxGap, maxRequest int64) [][]int {
+	var out [][]int
+	for _, k := range frames {
+		if n := len(out); n > 0 {
+			cur := out[n-1]
+			first, last := &x.Frames[cur[0]], &x.Frames[cur[len(cur)-1]]
 			f := &x.Frames[k]
 			gap := f.CompressedOffset - (last.CompressedOffset + last.CompressedSize)
 			span := f.CompressedOffset + f.CompressedSize - first.CompressedOffset
-			adjacent := k == cur.want[len(cur.want)-1]+1
-			if (adjacent || gap <= p.cfg.MaxGap) && span <= p.cfg.MaxRequest {
-				cur.want = append(cur.want, k)
+			adjacent := k == cur[len(cur)-1]+1
+			if (adjacent || gap <= maxGap) && span <= maxRequest {
+				out[n-1] = append(cur, k)
 				continue
 			}
 		}
-		cur = &pullJob{layer: li, want: []int{k}}
-		out = append(out, cur)
+		out = append(out, []int{k})
 	}
 	return out
 }

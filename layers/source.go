@@ -25,10 +25,14 @@ type Source struct {
 	store  *cache.Store
 	log    *slog.Logger
 
-	mu    sync.Mutex               // guards whole, last and ahead
-	whole map[digest.Digest]*whole // streamed layers (zstd), one fetch each
-	last  map[digest.Digest]int    // the frame of each layer asked for last
-	ahead map[digest.Digest]int    // the highest frame of each layer fetched ahead
+	mu          sync.Mutex                      // guards the maps below
+	whole       map[digest.Digest]*whole        // streamed layers (zstd), one fetch each
+	last        map[digest.Digest]int           // the frame of each layer asked for last
+	ahead       map[digest.Digest]int           // the highest frame of each layer fetched ahead
+	inflight    map[digest.Digest]chan struct{} // frames a prefetch request is fetching
+	prefetching map[digest.Digest]int           // prefetch jobs of each layer not finished
+
+	rec *Recorder // nil unless recording a profile
 
 	readTimeout time.Duration // how long one read waits for a frame before EIO
 	readahead   int           // frames fetched ahead of a sequential reader
@@ -61,6 +65,7 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 	}
 	s := &Source{client: client, repo: repo, store: store, log: log,
 		whole: map[digest.Digest]*whole{}, last: map[digest.Digest]int{}, ahead: map[digest.Digest]int{},
+		inflight: map[digest.Digest]chan struct{}{}, prefetching: map[digest.Digest]int{},
 		aheadSem: make(chan struct{}, readaheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead}
 	s.stop, s.cancel = context.WithCancel(context.Background())
 	return s
@@ -70,6 +75,10 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 // unless set; 0 or less means no limit but the fetch's own). Call it before
 // the first Frame.
 func (s *Source) SetReadTimeout(d time.Duration) { s.readTimeout = d }
+
+// Record makes the Source note every frame a reader asks for (read-ahead
+// and prefetch not included) in rec. Call it before the first Frame.
+func (s *Source) Record(rec *Recorder) { s.rec = rec }
 
 // Close stops fetching ahead and waits for the fetches running. Frame keeps
 // working without read-ahead. Close is idempotent.
@@ -84,7 +93,7 @@ func (s *Source) fetchAhead(x *index.Index, i int) {
 	s.mu.Lock()
 	prev, seen := s.last[x.Layer]
 	s.last[x.Layer] = i
-	sequential := seen && (prev == i-1 || prev == i)
+	sequential := seen && (prev == i-1 || prev == i) && s.prefetching[x.Layer] == 0
 	from := max(i+1, s.ahead[x.Layer]+1)
 	to := min(i+s.readahead, len(x.Frames)-1)
 	if sequential && from <= to {
@@ -119,6 +128,9 @@ const corruptFetches = 3
 // Frame returns frame i of layer x. When reads move through a layer in
 // order, the next frames are fetched ahead in the background.
 func (s *Source) Frame(ctx context.Context, x *index.Index, i int) ([]byte, error) {
+	if s.rec != nil {
+		s.rec.note(x, i)
+	}
 	if x.Format != index.FormatZstd {
 		s.fetchAhead(x, i)
 	}
@@ -136,6 +148,9 @@ func (s *Source) Frame(ctx context.Context, x *index.Index, i int) ([]byte, erro
 
 func (s *Source) frame(ctx context.Context, x *index.Index, i int) ([]byte, error) {
 	f := &x.Frames[i]
+	if err := s.awaitInflight(ctx, f.Digest); err != nil {
+		return nil, err
+	}
 	var err error
 	for attempt := 1; attempt <= corruptFetches; attempt++ {
 		var data []byte

@@ -1,0 +1,249 @@
+package layers
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazyfs/lazyfs/index"
+)
+
+// PrefetchConfig tunes Source.Prefetch. The zero value is usable.
+type PrefetchConfig struct {
+	Parallel   int   // Range requests in flight at once; 0 = 4
+	MaxRequest int64 // compressed bytes one request asks for at most; 0 = 4 MiB
+	// MaxGap is how many compressed bytes of frames the profile does not
+	// name a request may fetch over to join two runs (those frames are
+	// kept too); 0 = 64 KiB, negative = only adjacent frames share one.
+	MaxGap int64
+}
+
+const (
+	defaultPrefetchParallel = 4
+	defaultPrefetchRequest  = 4 << 20
+	defaultPrefetchGap      = 64 << 10
+)
+
+// PrefetchStats is what a Prefetch did.
+type PrefetchStats struct {
+	Frames   int   // frames the profile names in the layers given
+	Present  int   // of them, those cached before it began
+	Requests int   // Range requests (and whole-layer reads) made
+	Fetched  int64 // compressed bytes those asked for
+	Failed   int   // requests that failed; their frames are left to readers
+}
+
+// Prefetch fetches the frames of layers that p names, missing from the
+// cache, in few large Range requests: adjacent frames (and frames up to
+// MaxGap apart) share one, at most Parallel run at once, the runs holding
+// the frames read first go first. Readers are never queued behind it: a
+// read of a frame not yet requested fetches it itself, and a read of a
+// frame whose request is running waits for that request instead of making
+// its own. Read-ahead is off for a layer while its prefetch runs: the
+// profile says better what will be read.
+//
+// A failed request is logged and counted, and its frames left to readers;
+// Prefetch returns an error only when ctx ended. A zstd layer the profile
+// names is fetched whole, as its first read would.
+func (s *Source) Prefetch(ctx context.Context, layers []*index.Index, p *Profile, cfg PrefetchConfig) (PrefetchStats, error) {
+	if cfg.Parallel <= 0 {
+		cfg.Parallel = defaultPrefetchParallel
+	}
+	if cfg.MaxRequest <= 0 {
+		cfg.MaxRequest = defaultPrefetchRequest
+	}
+	if cfg.MaxGap == 0 {
+		cfg.MaxGap = defaultPrefetchGap
+	}
+	type job struct {
+		x     *index.Index
+		run   []int // frames, ascending
+		whole bool
+	}
+	var st PrefetchStats
+	var perLayer [][]job
+	for _, x := range layers {
+		frames := p.frames(x)
+		if len(frames) == 0 {
+			continue
+		}
+		st.Frames += len(frames)
+		rank := make(map[int]int, len(frames))
+		var missing []int
+		for r, k := range frames {
+			rank[k] = r
+			if s.store.Has(x.Frames[k].Digest) {
+				st.Present++
+			} else {
+				missing = append(missing, k)
+			}
+		}
+		if len(missing) == 0 {
+			continue
+		}
+		if x.Format == index.FormatZstd {
+			perLayer = append(perLayer, []job{{x: x, run: missing[:1], whole: true}})
+			continue
+		}
+		slices.Sort(missing)
+		runs := coalesce(x, missing, cfg.MaxGap, cfg.MaxRequest)
+		byFirstUse(runs, rank)
+		jobs := make([]job, len(runs))
+		for i, run := range runs {
+			jobs[i] = job{x: x, run: run}
+		}
+		perLayer = append(perLayer, jobs)
+	}
+	// Layers take turns, in the order the profile first read them, so
+	// that the first reads of every layer come early.
+	var jobs []job
+	for i := 0; len(perLayer) > 0; i++ {
+		perLayer = slices.DeleteFunc(perLayer, func(js []job) bool { return len(js) <= i })
+		for _, js := range perLayer {
+			jobs = append(jobs, js[i])
+		}
+	}
+	for _, j := range jobs {
+		s.setPrefetching(j.x.Layer, +1)
+	}
+
+	start := time.Now()
+	var mu sync.Mutex // guards st
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, cfg.Parallel)
+	for _, j := range jobs {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			s.setPrefetching(j.x.Layer, -1)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			defer s.setPrefetching(j.x.Layer, -1)
+			var n int64
+			var err error
+			if j.whole {
+				n = j.x.BlobSize
+				_, err = s.frame(ctx, j.x, j.run[0])
+			} else {
+				n, err = s.prefetchRun(ctx, j.x, j.run)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if n > 0 {
+				st.Requests++
+				st.Fetched += n
+			}
+			if err != nil && ctx.Err() == nil {
+				st.Failed++
+				s.log.Warn("prefetch failed: its frames are left to readers", "layer", j.x.Layer, "frame", j.run[0], "frames", len(j.run), "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	s.log.Debug("prefetched", "frames", st.Frames, "present", st.Present, "requests", st.Requests, "len", st.Fetched, "failed", st.Failed, "dur", time.Since(start))
+	return st, ctx.Err()
+}
+
+// prefetchRun fetches run's frames of x with one Range request and stores
+// them; it returns the bytes asked for (0 if every frame was cached
+// meanwhile).
+func (s *Source) prefetchRun(ctx context.Context, x *index.Index, run []int) (int64, error) {
+	// Readers may have fetched the ends meanwhile.
+	has := func(k int) bool { return s.store.Has(x.Frames[k].Digest) }
+	for len(run) > 0 && has(run[0]) {
+		run = run[1:]
+	}
+	for len(run) > 0 && has(run[len(run)-1]) {
+		run = run[:len(run)-1]
+	}
+	if len(run) == 0 {
+		return 0, nil
+	}
+	first, last := run[0], run[len(run)-1]
+	done := s.markInflight(x, first, last)
+	defer done()
+	off := x.Frames[first].CompressedOffset
+	n := x.Frames[last].CompressedOffset + x.Frames[last].CompressedSize - off
+	buf, err := s.client.ReadRange(ctx, s.repo, x.Layer, off, n)
+	if err != nil {
+		return n, err
+	}
+	for k := first; k <= last; k++ {
+		f := &x.Frames[k]
+		if has(k) {
+			continue
+		}
+		data, err := x.DecodeFrame(k, buf[f.CompressedOffset-off:f.CompressedOffset-off+f.CompressedSize])
+		if err != nil {
+			return n, fmt.Errorf("frame %d: %w", k, err)
+		}
+		if x.Format == index.FormatTar {
+			data = bytes.Clone(data) // not a piece of buf, which the cache would keep alive
+		}
+		if err := s.store.Put(ctx, f.Digest, data); err != nil {
+			return n, fmt.Errorf("frame %d: %w", k, err)
+		}
+	}
+	return n, nil
+}
+
+// markInflight records that frames first..last of x are being fetched;
+// done ends that, waking readers that wait for them.
+func (s *Source) markInflight(x *index.Index, first, last int) (done func()) {
+	ch := make(chan struct{})
+	var mine []digest.Digest
+	s.mu.Lock()
+	for k := first; k <= last; k++ {
+		d := x.Frames[k].Digest
+		if _, ok := s.inflight[d]; !ok {
+			s.inflight[d] = ch
+			mine = append(mine, d)
+		}
+	}
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		for _, d := range mine {
+			delete(s.inflight, d)
+		}
+		s.mu.Unlock()
+		close(ch)
+	}
+}
+
+// awaitInflight waits while a prefetch request that will store frame d
+// runs. Whatever it ends with, the caller then reads d as usual.
+func (s *Source) awaitInflight(ctx context.Context, d digest.Digest) error {
+	s.mu.Lock()
+	ch := s.inflight[d]
+	s.mu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// setPrefetching counts the prefetch jobs of a layer not finished.
+func (s *Source) setPrefetching(layer digest.Digest, delta int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.prefetching[layer] += delta; s.prefetching[layer] <= 0 {
+		delete(s.prefetching, layer)
+	}
+}
