@@ -79,7 +79,11 @@ func (r *Runtime) Supervise(id string) int {
 	}
 	defer sendReport(initStatus{Error: "the supervisor exited before it started the program", Code: ExitSetup})
 	fail := func(err error) int {
-		r.log.Error("cannot start the container", "id", id, "err", err)
+		lvl := slog.LevelError
+		if se := (*StartError)(nil); errors.As(err, &se) {
+			lvl = slog.LevelInfo // the caller's doing (a port in use): the starter reports it
+		}
+		r.log.Log(context.Background(), lvl, "cannot start the container", "id", id, "err", err)
 		sendReport(initStatus{Error: err.Error(), Code: ExitSetup})
 		return ExitSetup
 	}
@@ -236,7 +240,7 @@ func (s *supervisor) run(report func(initStatus)) (code int, err error) {
 		// Bound first: a port in use fails the start before anything else
 		// is done, and ports stay bound across restarts.
 		if s.ports, err = listenPorts(c.Spec.Ports, s.log); err != nil {
-			return 0, err
+			return 0, &StartError{ExitSetup, err}
 		}
 		defer func() {
 			defer s.watch("close published ports")()
