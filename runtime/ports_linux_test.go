@@ -197,3 +197,61 @@ func countFDs(t *testing.T) int {
 	}
 	return n
 }
+
+// A host range takes its first free port.
+func TestListenBindingRange(t *testing.T) {
+	for range 10 {
+		busy, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := busy.Addr().(*net.TCPAddr).Port
+		if p >= 65535 {
+			busy.Close()
+			continue
+		}
+		l, err := listenBinding(spec.PortBinding{HostIP: "127.0.0.1", HostPort: p, HostPortEnd: p + 1, Port: 80, Proto: "tcp"})
+		busy.Close()
+		if errors.Is(err, syscall.EADDRINUSE) {
+			continue // p+1 is someone else's: try other ports
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if got != p+1 {
+			t.Fatalf("listenBinding(127.0.0.1:%d-%d:80) bound %d, want %d", p, p+1, got, p+1)
+		}
+		return
+	}
+	t.Skip("no two consecutive free ports found")
+}
+
+func TestCheckNet(t *testing.T) {
+	ports := []spec.PortBinding{{Port: 80, Proto: "tcp"}}
+	for _, tc := range []struct {
+		net     string
+		ports   []spec.PortBinding
+		want    string // the mode given, or "" for an error
+		wantErr error
+	}{
+		{"", nil, NetHost, nil},
+		{"", ports, NetPrivate, nil},
+		{NetPrivate, nil, NetPrivate, nil},
+		{NetPrivate, ports, NetPrivate, nil},
+		{NetNone, nil, NetNone, nil},
+		{NetHost, ports, "", ErrConflict},
+		{NetNone, ports, "", ErrConflict},
+		{"bridge", nil, "", nil},
+	} {
+		s := Spec{Net: tc.net, Ports: tc.ports}
+		err := checkNet(&s)
+		switch {
+		case tc.want != "" && (err != nil || s.Net != tc.want):
+			t.Errorf("checkNet(%q, %d ports) = %q, %v; want %q", tc.net, len(tc.ports), s.Net, err, tc.want)
+		case tc.want == "" && (err == nil || tc.wantErr != nil && !errors.Is(err, tc.wantErr)):
+			t.Errorf("checkNet(%q, %d ports) = %v; want an error (%v)", tc.net, len(tc.ports), err, tc.wantErr)
+		}
+	}
+}
