@@ -65,10 +65,9 @@ type portProxy struct {
 	done   chan struct{}  // closed by Close
 	wg     sync.WaitGroup // the accept loops and every connection's goroutine
 
-	mu  sync.Mutex // guards cur and closed
-	cur *netnsRun  // the running program's namespace; nil between runs
-	// closed is set by Close: no run may begin after it.
-	closed bool
+	mu     sync.Mutex // guards cur and closed
+	cur    *netnsRun  // the running program's namespace; nil between runs
+	closed bool       // set by Close: no run may begin after it
 	once   sync.Once
 }
 
@@ -87,14 +86,18 @@ type netnsRun struct {
 
 // listenPorts binds every binding's host port, or none: a port in use fails
 // here, before the container starts. The proxy accepts at once; until
-// attach, connections are closed as they come.
+// attach, connections are closed as they come. A nil log is silent.
 func listenPorts(bindings []spec.PortBinding, log *slog.Logger) (_ *portProxy, err error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	p := &portProxy{log: log, sem: make(chan struct{}, maxProxyConns), done: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			p.Close()
 		}
 	}()
+	// Any thread's will do: no goroutine is in another namespace yet.
 	if p.hostNS, err = os.Open("/proc/thread-self/ns/net"); err != nil {
 		return nil, fmt.Errorf("publish ports: %w", err)
 	}
