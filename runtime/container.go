@@ -74,6 +74,9 @@ type State struct {
 	// RestartCount is how often the supervisor started the program again
 	// after it exited (--restart).
 	RestartCount int `json:"restartCount,omitempty"`
+	// Ports are the published ports as bound, random host ports resolved,
+	// while the supervisor serves them (running or restarting).
+	Ports []PublishedPort `json:"ports,omitempty"`
 }
 
 // Alive reports whether the container has a supervisor: it is running, or

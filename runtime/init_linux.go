@@ -97,7 +97,7 @@ func Init() int {
 			return fail(ExitSetup, fmt.Errorf("set hostname: %w", err))
 		}
 	}
-	if cfg.Plan.Net == NetNone {
+	if cfg.Plan.Net == NetNone || cfg.Plan.Net == NetPrivate {
 		if err := loopbackUp(); err != nil {
 			return fail(ExitSetup, err)
 		}

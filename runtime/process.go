@@ -17,8 +17,12 @@ import (
 
 // Network modes.
 const (
-	NetHost = "host" // the host's network namespace (the default)
+	NetHost = "host" // the host's network namespace (the default without -p)
 	NetNone = "none" // a namespace of its own with only loopback
+	// NetPrivate is a namespace of its own with only loopback, into which
+	// the supervisor carries the published ports (Spec.Ports); the default
+	// with -p.
+	NetPrivate = "private"
 )
 
 // Spec is what a container was asked to run with: docker run's flags, kept
@@ -28,13 +32,16 @@ type Spec struct {
 	// directory and mounts. Its Env is already resolved against the
 	// caller's environment (spec.UserEnv) and its EnvFiles read, so a
 	// restart sees the same values.
-	Process     spec.Options `json:"process"`
-	Net         string       `json:"net,omitempty"`
-	Interactive bool         `json:"interactive,omitempty"`
-	Memory      int64        `json:"memory,omitempty"`    // bytes; 0 = unlimited
-	NanoCPUs    int64        `json:"nanoCpus,omitempty"`  // billionths of a CPU; 0 = unlimited
-	PidsLimit   int64        `json:"pidsLimit,omitempty"` // 0 = unlimited
-	Remove      bool         `json:"remove,omitempty"`    // --rm
+	Process spec.Options `json:"process"`
+	Net     string       `json:"net,omitempty"`
+	// Ports are -p: host ports the supervisor forwards to the container's
+	// loopback. They need Net to be NetPrivate.
+	Ports       []spec.PortBinding `json:"ports,omitempty"`
+	Interactive bool               `json:"interactive,omitempty"`
+	Memory      int64              `json:"memory,omitempty"`    // bytes; 0 = unlimited
+	NanoCPUs    int64              `json:"nanoCpus,omitempty"`  // billionths of a CPU; 0 = unlimited
+	PidsLimit   int64              `json:"pidsLimit,omitempty"` // 0 = unlimited
+	Remove      bool               `json:"remove,omitempty"`    // --rm
 	// Restart is --restart: what the supervisor does when the program
 	// exits. The zero value is "no".
 	Restart RestartPolicy `json:"restart,omitzero"`

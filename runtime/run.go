@@ -117,13 +117,32 @@ func (r *Runtime) Create(ctx context.Context, ref string, opt RunOptions) (*Cont
 		return nil, &StartError{ExitSetup, fmt.Errorf("copy-on-write mode %q: want %s or %s", opt.Spec.Cow, CowOverlay, CowFuse)}
 	}
 	c := &Container{Name: opt.Name, Image: ref, ImageDigest: img.Digest, Spec: opt.Spec}
-	if c.Spec.Net == "" {
-		c.Spec.Net = NetHost
+	if err := checkNet(&c.Spec); err != nil {
+		return nil, &StartError{ExitSetup, err}
 	}
 	if err := r.create(c); err != nil {
 		return nil, &StartError{ExitSetup, err}
 	}
 	return c, nil
+}
+
+// checkNet gives s its network mode when it has none (NetPrivate with
+// ports, else NetHost) and refuses ports without a private namespace.
+func checkNet(s *Spec) error {
+	switch s.Net {
+	case "":
+		s.Net = NetHost
+		if len(s.Ports) > 0 {
+			s.Net = NetPrivate
+		}
+	case NetHost, NetNone, NetPrivate:
+	default:
+		return fmt.Errorf("unknown network mode %q: want %s, %s or %s", s.Net, NetHost, NetPrivate, NetNone)
+	}
+	if len(s.Ports) > 0 && s.Net != NetPrivate {
+		return fmt.Errorf("%w: published ports need --net=%s, not --net=%s", ErrConflict, NetPrivate, s.Net)
+	}
+	return nil
 }
 
 // Run creates a container from ref, runs it in the foreground and returns

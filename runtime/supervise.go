@@ -79,7 +79,11 @@ func (r *Runtime) Supervise(id string) int {
 	}
 	defer sendReport(initStatus{Error: "the supervisor exited before it started the program", Code: ExitSetup})
 	fail := func(err error) int {
-		r.log.Error("cannot start the container", "id", id, "err", err)
+		lvl := slog.LevelError
+		if se := (*StartError)(nil); errors.As(err, &se) {
+			lvl = slog.LevelInfo // the caller's doing (a port in use): the starter reports it
+		}
+		r.log.Log(context.Background(), lvl, "cannot start the container", "id", id, "err", err)
 		sendReport(initStatus{Error: err.Error(), Code: ExitSetup})
 		return ExitSetup
 	}
@@ -206,6 +210,7 @@ type supervisor struct {
 	init        initConfig
 	logs        *logWriter
 	ctl         *controlServer
+	ports       *portProxy     // nil without published ports
 	input       *terminalInput // with -it and an attached stdin
 	stopSignal  syscall.Signal
 	stopTimeout time.Duration // negative: never kill
@@ -230,6 +235,18 @@ func (s *supervisor) run(report func(initStatus)) (code int, err error) {
 	// What a supervisor that died may have left.
 	if err := r.cleanUp(c); err != nil {
 		return 0, err
+	}
+	if len(c.Spec.Ports) > 0 {
+		// Bound first: a port in use fails the start before anything else
+		// is done, and ports stay bound across restarts.
+		if s.ports, err = listenPorts(c.Spec.Ports, s.log); err != nil {
+			return 0, &StartError{ExitSetup, err}
+		}
+		defer func() {
+			defer s.watch("close published ports")()
+			s.ports.Close()
+		}()
+		s.log.Debug("ports published", "id", c.ShortID(), "ports", s.ports.Ports())
 	}
 
 	img, err := r.containerImage(ctx, c)
@@ -339,7 +356,7 @@ func (s *supervisor) loop(report func(initStatus)) int {
 				code = se.Code
 			}
 			c.State = State{Status: StatusExited, ExitCode: code, FinishedAt: time.Now().UTC(), Error: err.Error(),
-				SupervisorPid: os.Getpid(), RestartCount: c.State.RestartCount, StartedAt: c.State.StartedAt}
+				SupervisorPid: os.Getpid(), RestartCount: c.State.RestartCount, StartedAt: c.State.StartedAt, Ports: c.State.Ports}
 			if first {
 				s.save()
 				report(initStatus{Error: err.Error(), Code: code})
@@ -358,14 +375,15 @@ func (s *supervisor) loop(report func(initStatus)) int {
 			c.State.Status, c.State.ExitCode, c.State.FinishedAt = StatusExited, code, time.Now().UTC()
 		}
 		if s.noRestart || !c.Spec.Restart.restarts(code, c.State.RestartCount) {
+			c.State.Ports = nil
 			s.save()
 			return code
 		}
-		c.State.Status = StatusRestarting
+		c.State.Status = StatusRestarting // the ports stay bound
 		s.save()
 		s.log.Debug("restarting the container", "id", c.ShortID(), "code", code, "dur", backoff)
 		if !s.pause(backoff) {
-			c.State.Status = StatusExited
+			c.State.Status, c.State.Ports = StatusExited, nil
 			s.save()
 			return code
 		}
@@ -451,7 +469,7 @@ func (s *supervisor) start() (*instance, error) {
 	}
 	ours, childEnds = []*os.File{configW, statusR}, []*os.File{configR, statusW}
 	flags := uintptr(syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC)
-	if c.Spec.Net == NetNone {
+	if c.Spec.Net == NetNone || c.Spec.Net == NetPrivate {
 		flags |= syscall.CLONE_NEWNET
 	}
 	inst := &instance{cmd: &exec.Cmd{
@@ -564,12 +582,20 @@ func (s *supervisor) start() (*instance, error) {
 	if st.Error != "" {
 		return fail(st.Code, errors.New(st.Error))
 	}
+	if s.ports != nil {
+		if err := s.ports.attach(fmt.Sprintf("/proc/%d/ns/net", cmd.Process.Pid)); err != nil {
+			return fail(ExitSetup, err)
+		}
+	}
 	c.Command, c.Anonymous = st.Args, st.Anonymous
 	if err := writeJSON(filepath.Join(c.dir, "config.json"), c); err != nil {
 		s.log.Warn("cannot record container config", "id", c.ID, "err", err)
 	}
 	c.State = State{Status: StatusRunning, Pid: cmd.Process.Pid, StartedAt: time.Now().UTC(),
 		SupervisorPid: os.Getpid(), RestartCount: c.State.RestartCount}
+	if s.ports != nil {
+		c.State.Ports = s.ports.Ports()
+	}
 	s.save()
 	if s.input != nil {
 		s.input.set(inst.ptmx)
@@ -610,6 +636,10 @@ func (s *supervisor) wait(inst *instance) int {
 	for {
 		select {
 		case <-inst.waited:
+			if s.ports != nil {
+				// Its connections go with it: nothing of this run lingers.
+				s.ports.detach()
+			}
 			inst.finish()
 			if s.input != nil {
 				s.input.set(nil)

@@ -45,8 +45,8 @@ func newPsCommand(g *cli.Globals) *cobra.Command {
 					fmt.Fprintln(w, c.ShortID())
 					continue
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s ago\t%s\t\t%s\n", c.ShortID(), c.Image, quoteCommand(c.Command),
-					units.HumanDuration(timeSince(c.Created)), describeStatus(c), c.Name)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s ago\t%s\t%s\t%s\n", c.ShortID(), c.Image, quoteCommand(c.Command),
+					units.HumanDuration(timeSince(c.Created)), describeStatus(c), describePorts(c), c.Name)
 			}
 			return w.Flush()
 		},

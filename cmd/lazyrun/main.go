@@ -94,6 +94,7 @@ func newRootCommand(stdin io.Reader, stdout, stderr io.Writer, code *exitCoder) 
 		newExecCommand(g),
 		newLogsCommand(g),
 		newPsCommand(g),
+		newPortCommand(g, code),
 		newRmCommand(g),
 		newSuperviseCommand(g, code),
 		newPullCommand(g),

@@ -20,6 +20,7 @@ func newRunCommand(g *cli.Globals, stdin io.Reader, code *exitCoder) *cobra.Comm
 		s                     runtime.Spec
 		name, entrypoint      string
 		env, envFiles         []string
+		publish               []string
 		memory, cpus, network string
 		pids, restart         string
 		detach                bool
@@ -34,7 +35,9 @@ index yet, one is built first by streaming each layer once (the log says so).
 
 A small supervisor process (lazyrun again, in a session of its own) serves
 the image, holds the container's output (see lazyrun logs) and records its
-exit. In the foreground lazyrun stays attached and exits with the
+exit. With -p it forwards each published host port to the container's
+loopback, which has a network namespace of its own (--net=private). In the
+foreground lazyrun stays attached and exits with the
 container's exit code; 125 when lazyrun itself failed, 126 when the command
 cannot be run, 127 when it was not found. With -d it prints the container's
 ID once the program runs and returns; the container goes on.`,
@@ -62,11 +65,24 @@ ID once the program runs and returns; the container goes on.`,
 					return cli.UsageError{Err: err}
 				}
 			}
-			switch network {
-			case runtime.NetHost, runtime.NetNone:
-				s.Net = network
+			for _, p := range publish {
+				b, err := spec.ParsePublish(p)
+				if err != nil {
+					return cli.UsageError{Err: err}
+				}
+				s.Ports = append(s.Ports, b...)
+			}
+			netSet := cmd.Flags().Changed("net") || cmd.Flags().Changed("network")
+			switch {
+			case network != runtime.NetHost && network != runtime.NetNone && network != runtime.NetPrivate:
+				return cli.Usagef("--net %q: want host, private or none", network)
+			case len(s.Ports) > 0 && !netSet:
+				s.Net = runtime.NetPrivate
+			case len(s.Ports) > 0 && network != runtime.NetPrivate:
+				// docker warns and drops the ports with --net=host.
+				return cli.Usagef("conflicting options: -p/--publish and --net=%s: ports are published into a private network namespace (--net=private, the default with -p)", network)
 			default:
-				return cli.Usagef("--net %q: want host or none", network)
+				s.Net = network
 			}
 			switch s.Cow {
 			case runtime.CowOverlay, runtime.CowFuse:
@@ -157,7 +173,8 @@ ID once the program runs and returns; the container goes on.`,
 	f.StringVar(&cpus, "cpus", "", "number of CPUs (e.g. 0.5)")
 	f.StringVar(&pids, "pids-limit", "", "process limit; 0 or -1 = unlimited")
 	f.StringVar(&s.Cow, "cow", runtime.CowOverlay, "who keeps the container's changes: overlay (kernel overlayfs over the lazy mount) or fuse (lazyfs' own copy-on-write)")
-	f.StringVar(&network, "net", runtime.NetHost, "network: host (the host's network) or none (loopback only)")
+	f.StringArrayVarP(&publish, "publish", "p", nil, "publish a container's port on the host: [IP:][HOSTPORT:]PORT[/tcp], HOSTPORT empty or 0 for a free one, ranges as START-END")
+	f.StringVar(&network, "net", runtime.NetHost, "network: host (the host's network; the default without -p), private (loopback only, reached through -p; the default with -p) or none (loopback only)")
 	f.StringVar(&network, "network", runtime.NetHost, "same as --net")
 	return cmd
 }
