@@ -63,7 +63,7 @@ type Store struct {
 
 	st struct {
 		memoryHits, diskHits, misses, loads, loadErrors, corrupt atomic.Int64
-		bytesLoaded, evictions                                   atomic.Int64
+		bytesLoaded, evictions, diskFull                         atomic.Int64
 	}
 }
 
@@ -178,7 +178,8 @@ type Stats struct {
 	BytesLoaded                  int64 // bytes returned by load functions
 	DiskFrames                   int64 // frames on disk now, as this process knows them
 	DiskBytes                    int64
-	Evictions                    int64 // frames removed to stay under MaxDiskBytes (Prune not counted)
+	Evictions                    int64 // frames removed to stay under MaxDiskBytes or to make room on a full disk (Prune not counted)
+	DiskFull                     int64 // frame writes that found the file system full (ENOSPC, EDQUOT)
 }
 
 // Stats returns the Store's counters.
@@ -192,6 +193,7 @@ func (s *Store) Stats() Stats {
 		Corrupt:     s.st.corrupt.Load(),
 		BytesLoaded: s.st.bytesLoaded.Load(),
 		Evictions:   s.st.evictions.Load(),
+		DiskFull:    s.st.diskFull.Load(),
 	}
 	s.mu.Lock()
 	st.DiskFrames = int64(len(s.rec.byHex))
