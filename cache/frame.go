@@ -52,9 +52,12 @@ type flight struct {
 // mismatch (or a length other than size) every waiter gets an error
 // wrapping index.ErrCorrupt, nothing is stored, and the next call loads
 // again. A load error is returned wrapped to every waiter and not cached.
-// Verified bytes are written to disk atomically (temp file and rename)
-// before Frame returns them; a failed write (e.g. ENOSPC) is logged at Warn
-// and the bytes are still returned.
+// Verified bytes are written to disk atomically (see writeAtomic) before
+// Frame returns them. A write that finds the disk full evicts least
+// recently used frames and tries again; if that cannot make room, or the
+// write fails otherwise, it is logged at Warn (an ENOSPC error names the
+// cache directory) and the bytes are still returned: a full disk never
+// fails a read.
 //
 // load hands the returned slice over to the Store. The slice Frame returns
 // is shared with other callers and the memory tier: it must not be
@@ -177,8 +180,10 @@ func (s *Store) fill(ctx context.Context, h string, size int64, load func(contex
 // caller that obtained frames by other means (a coalesced prefetch). Like
 // Frame it takes ownership of data, which must not be modified afterwards.
 // It returns an error wrapping index.ErrCorrupt if data does not match d,
-// and the disk error if the frame could not be written; a frame already on
-// disk with the right size is only marked as used.
+// and the disk error if the frame could not be written (on a disk full even
+// after eviction it wraps syscall.ENOSPC and names the cache directory); a
+// frame already on disk with the right size is only marked as used. The
+// memory tier is offered data either way.
 func (s *Store) Put(ctx context.Context, d digest.Digest, data []byte) error {
 	h, err := hexOf(d)
 	if err != nil {

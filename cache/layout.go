@@ -266,6 +266,9 @@ func writeUnnamed(dir, final string, data []byte) error {
 		}
 		return err
 	}
+	// The file is linked while still open (the link goes through its fd), so
+	// an error only close would report (a late ENOSPC on NFS) is not seen
+	// here: the digest check on first use catches what it damaged.
 	defer f.Close()
 	if _, err := f.Write(data); err != nil {
 		return err

@@ -69,9 +69,10 @@ type Store struct {
 
 // Open opens the cache root cfg.Dir, creating its directories if needed. It
 // scans the frames once to learn their sizes and ages (file mtimes), removes
-// temp files left by a crash (those older than ten minutes: younger ones may
-// belong to another process writing now), and evicts down to
-// cfg.MaxDiskBytes.
+// named temp files left by a crash (those older than ten minutes: younger
+// ones may belong to another process writing now; they are never served nor
+// counted as frames), and evicts down to cfg.MaxDiskBytes. Frame files are
+// not read here: each is verified when first used.
 func Open(cfg Config) (*Store, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("cache: open: no directory")
