@@ -5,10 +5,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -193,4 +195,43 @@ func TestBudgetUnderDisk(t *testing.T) {
 	}
 	t.Logf("1 MiB budget on a 4 MiB tmpfs: %d frames of 100 KiB, %d evicted, %d kept (%d bytes), tmpfs use peaked at %d bytes",
 		n, st.Evictions, st.DiskFrames, st.DiskBytes, peak)
+}
+
+// TestDiskFullConcurrent has four goroutines store 20 MiB of frames on a
+// 4 MiB tmpfs at once: evictions by one make room for the others, every
+// frame is returned and stored, and the root ends consistent (no bad file,
+// no temp file, the record matching the disk).
+func TestDiskFullConcurrent(t *testing.T) {
+	dir := smallTmpfs(t, "4m")
+	s, _ := openStore(t, Config{Dir: dir, MemoryBytes: -1}) // a Warn (a frame not stored) fails the test
+	const writers, each, size = 4, 20, 256 << 10
+	var wg sync.WaitGroup
+	errs := make(chan error, writers*each)
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				want, d := testFrame(uint64(50_000+w*each+i), size)
+				got, err := s.Frame(t.Context(), d, size, (&loader{b: want}).load)
+				if err != nil || !bytes.Equal(got, want) {
+					errs <- fmt.Errorf("writer %d, frame %d: %d bytes, %v", w, i, len(got), err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	frames, temps := checkRoot(t, dir)
+	u, err := Usage(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := s.Stats()
+	if temps != 0 || st.DiskBytes != u.FrameBytes || int64(frames) != st.DiskFrames {
+		t.Errorf("Stats = %+v, Usage = %+v, %d temp files; want the record to match the disk, no temp file", st, u, temps)
+	}
+	t.Logf("4 writers, 80 frames of 256 KiB on a 4 MiB tmpfs: %d writes found the disk full, %d evictions, %d frames kept, all stored",
+		st.DiskFull, st.Evictions, frames)
 }
