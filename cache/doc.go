@@ -10,8 +10,10 @@
 //   - single-flight: concurrent readers of one frame share one load, which
 //     runs detached from any one reader's context under its own deadline;
 //   - the on-disk layout (frames/ab/abcdef…, index/sha256/…), atomic writes
-//     (temp file in the same directory, then rename), and least recently
-//     used eviction under a byte limit;
+//     (an unnamed O_TMPFILE file linked into place, so a killed process
+//     leaves nothing behind; a named temp file and rename where that cannot
+//     be used), and least recently used eviction under a byte limit and
+//     when the disk is full;
 //   - small immutable index blobs keyed by digest (PutIndex, GetIndex);
 //   - what a root holds and how to shrink it (Usage, Store.Prune).
 //

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/lazyfs/lazyfs/index"
 )
@@ -51,9 +52,12 @@ type flight struct {
 // mismatch (or a length other than size) every waiter gets an error
 // wrapping index.ErrCorrupt, nothing is stored, and the next call loads
 // again. A load error is returned wrapped to every waiter and not cached.
-// Verified bytes are written to disk atomically (temp file and rename)
-// before Frame returns them; a failed write (e.g. ENOSPC) is logged at Warn
-// and the bytes are still returned.
+// Verified bytes are written to disk atomically (see writeAtomic) before
+// Frame returns them. A write that finds the disk full evicts least
+// recently used frames and tries again; if that cannot make room, or the
+// write fails otherwise, it is logged at Warn (an ENOSPC error names the
+// cache directory) and the bytes are still returned: a full disk never
+// fails a read.
 //
 // load hands the returned slice over to the Store. The slice Frame returns
 // is shared with other callers and the memory tier: it must not be
@@ -176,8 +180,10 @@ func (s *Store) fill(ctx context.Context, h string, size int64, load func(contex
 // caller that obtained frames by other means (a coalesced prefetch). Like
 // Frame it takes ownership of data, which must not be modified afterwards.
 // It returns an error wrapping index.ErrCorrupt if data does not match d,
-// and the disk error if the frame could not be written; a frame already on
-// disk with the right size is only marked as used.
+// and the disk error if the frame could not be written (on a disk full even
+// after eviction it wraps syscall.ENOSPC and names the cache directory); a
+// frame already on disk with the right size is only marked as used. The
+// memory tier is offered data either way.
 func (s *Store) Put(ctx context.Context, d digest.Digest, data []byte) error {
 	h, err := hexOf(d)
 	if err != nil {
@@ -285,13 +291,44 @@ func (s *Store) discard(p, h string, fi os.FileInfo, why error) {
 
 // storeDisk writes frame h atomically, records it, and evicts down to the
 // disk limit. A frame larger than the limit is not written.
+//
+// When the file system is full (ENOSPC, EDQUOT) it evicts least recently
+// used frames, at least as many bytes as the frame at first and twice as
+// many each round after, and tries again, until the frame fits or nothing
+// this process knows of is left to evict: the error then wraps the file
+// system's and names the cache directory. Nothing of a failed write stays
+// on disk.
 func (s *Store) storeDisk(h string, b []byte) error {
 	n := int64(len(b))
 	if s.maxDisk > 0 && n > s.maxDisk {
 		return fmt.Errorf("frame of %d bytes exceeds the disk limit of %d", n, s.maxDisk)
 	}
-	if err := writeAtomic(frameDir(s.dir, h), framePath(s.dir, h), b); err != nil {
-		return err
+	var evicted, freed int64
+	for want := max(n, 1); ; want *= 2 {
+		err := writeAtomic(frameDir(s.dir, h), framePath(s.dir, h), b)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.ENOSPC) && !errors.Is(err, syscall.EDQUOT) {
+			return err
+		}
+		s.st.diskFull.Add(1)
+		s.mu.Lock()
+		s.rec.remove(h) // never evict the frame being written
+		var victims []*entry
+		if avail, ok := availBytes(s.dir); !ok || avail+s.rec.bytes >= n {
+			victims = s.rec.evict(max(s.rec.bytes-want, 0), 0)
+		} // else evicting all would not make room: keep the frames
+		s.mu.Unlock()
+		if len(victims) == 0 {
+			return fmt.Errorf("cache %s full: no room for a frame of %d bytes (evicted %d frames, %d bytes; evicting more would not make room): %w",
+				s.dir, n, evicted, freed, err)
+		}
+		k, kb := s.removeFrames(victims, &s.st.evictions)
+		evicted += k
+		freed += kb
+		s.log.Debug("cache: disk full, frames evicted", "op", "store", "frame", "sha256:"+h, "len", n,
+			"evicted", k, "evicted_bytes", kb, "err", err)
 	}
 	now := time.Now()
 	s.mu.Lock()
@@ -303,6 +340,16 @@ func (s *Store) storeDisk(h string, b []byte) error {
 	s.mu.Unlock()
 	s.removeFrames(victims, &s.st.evictions)
 	return nil
+}
+
+// availBytes returns the bytes an unprivileged writer may still use on the
+// file system that holds dir.
+func availBytes(dir string) (int64, bool) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, false
+	}
+	return int64(st.Bavail) * st.Bsize, true
 }
 
 // use records a use of frame h found on disk and sets its file's mtime if

@@ -418,52 +418,6 @@ func TestRenameFails(t *testing.T) {
 	}
 }
 
-// TestDiskFull stores frames on a 1 MiB tmpfs.
-func TestDiskFull(t *testing.T) {
-	dir := t.TempDir()
-	if err := mountTmpfs(dir, "size=1m"); err != nil {
-		t.Skipf("cannot mount a small tmpfs (needs root and mount rights): %v", err)
-	}
-	t.Cleanup(func() {
-		if err := unmount(dir); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	s, logs := openStore(t, Config{Dir: dir, MemoryBytes: -1})
-
-	small, ds := testFrame(13, 256<<10)
-	l := &loader{b: small}
-	if _, err := s.Frame(t.Context(), ds, int64(len(small)), l.load); err != nil || !s.Has(ds) {
-		t.Fatalf("Frame(small) = %v, Has = %v; want stored", err, s.Has(ds))
-	}
-
-	big, db := testFrame(14, 2<<20)
-	l = &loader{b: big}
-	got, err := s.Frame(t.Context(), db, int64(len(big)), l.load)
-	if err != nil || !bytes.Equal(got, big) {
-		t.Fatalf("Frame(big) = %d bytes, %v, want the frame", len(got), err)
-	}
-	if w := logs.expectWarns(); len(w) != 1 {
-		t.Errorf("warnings = %q, want 1", w)
-	}
-	if s.Has(db) {
-		t.Errorf("Has(big) = true on a full disk")
-	}
-	u, err := Usage(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := (DiskUsage{Frames: 1, FrameBytes: int64(len(small))}); u != want {
-		t.Errorf("Usage = %+v, want %+v (no partial frame, no temp file)", u, want)
-	}
-	// The failed store freed its space: the next frame fits.
-	mid, dm := testFrame(15, 256<<10)
-	l = &loader{b: mid}
-	if _, err := s.Frame(t.Context(), dm, int64(len(mid)), l.load); err != nil || !s.Has(dm) {
-		t.Fatalf("Frame(after full) = %v, Has = %v; want stored", err, s.Has(dm))
-	}
-}
-
 func TestCloseCancelsLoads(t *testing.T) {
 	s, _ := openStore(t, Config{})
 	_, d := testFrame(16, 100)

@@ -6,10 +6,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 )
 
 // ErrBadDigest is wrapped by every error about a digest that is not a
@@ -218,11 +221,91 @@ func Usage(dir string) (DiskUsage, error) {
 	return u, nil
 }
 
-// writeAtomic writes data to a temp file in dir and renames it to final, so
-// final either does not change or holds all of data. On error the temp file
-// is removed. The directory is created if missing (another process may have
+// writeAtomic writes data under the name final in dir, so that final
+// either does not change or holds all of data, and so that a process killed
+// at any point leaves nothing behind that could be taken for a finished file.
+//
+// It writes an unnamed file (O_TMPFILE), which the kernel frees if the
+// process dies, and links it to final once written. Where the file system
+// has no O_TMPFILE, or final exists already (it is then replaced), it falls
+// back to a named temp file (tempPrefix…) and a rename; on error that file
+// is removed, and one left by a killed process is removed by Open or Prune
+// once stale. The directory is created if missing (another process may have
 // removed it).
 func writeAtomic(dir, final string, data []byte) error {
+	if !forceNamedTemp {
+		err := writeUnnamed(dir, final, data)
+		if errors.Is(err, fs.ErrNotExist) {
+			if err = os.MkdirAll(dir, dirPerm); err == nil {
+				err = writeUnnamed(dir, final, data)
+			}
+		}
+		if !errors.Is(err, errNoUnnamed) {
+			return err
+		}
+	}
+	return writeNamed(dir, final, data)
+}
+
+// forceNamedTemp makes writeAtomic use named temp files only. Tests set it
+// to exercise the fallback.
+var forceNamedTemp = false
+
+// errNoUnnamed says writeUnnamed could not be used here (no O_TMPFILE, no
+// /proc, or final exists): the caller falls back to a named temp file.
+var errNoUnnamed = errors.New("cache: unnamed temp file not usable")
+
+// writeUnnamed writes data to an O_TMPFILE file in dir and links it as
+// final. It returns an error wrapping errNoUnnamed when that cannot be done
+// here but a named temp file may work.
+func writeUnnamed(dir, final string, data []byte) error {
+	f, err := os.OpenFile(dir, os.O_WRONLY|unix.O_TMPFILE|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		if errors.Is(err, syscall.EOPNOTSUPP) || errors.Is(err, syscall.EISDIR) || errors.Is(err, syscall.EINVAL) {
+			return fmt.Errorf("%w: %w", errNoUnnamed, err)
+		}
+		return err
+	}
+	// The file is linked while still open (the link goes through its fd), so
+	// an error only close would report (a late ENOSPC on NFS) is not seen
+	// here: the digest check on first use catches what it damaged.
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		return err
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var lerr error
+	if err := rc.Control(func(fd uintptr) {
+		lerr = unix.Linkat(unix.AT_FDCWD, "/proc/self/fd/"+strconv.Itoa(int(fd)), unix.AT_FDCWD, final, unix.AT_SYMLINK_FOLLOW)
+	}); err != nil {
+		return err
+	}
+	switch {
+	case lerr == nil:
+		return nil
+	case errors.Is(lerr, syscall.EEXIST):
+		// Replacing a file takes a rename.
+		return fmt.Errorf("%w: %s exists", errNoUnnamed, final)
+	case errors.Is(lerr, syscall.ENOENT) && !dirExists(dir):
+		return &fs.PathError{Op: "link", Path: final, Err: lerr}
+	case errors.Is(lerr, syscall.ENOENT), errors.Is(lerr, syscall.EPERM), errors.Is(lerr, syscall.EXDEV):
+		return fmt.Errorf("%w: link %s: %w", errNoUnnamed, final, lerr) // no /proc, or a file system that refuses it
+	default:
+		return &fs.PathError{Op: "link", Path: final, Err: lerr}
+	}
+}
+
+func dirExists(dir string) bool {
+	fi, err := os.Stat(dir)
+	return err == nil && fi.IsDir()
+}
+
+// writeNamed writes data to a temp file named tempPrefix… in dir and renames
+// it to final. On error the temp file is removed.
+func writeNamed(dir, final string, data []byte) error {
 	f, err := os.CreateTemp(dir, tempPrefix+"*")
 	if errors.Is(err, fs.ErrNotExist) {
 		if err = os.MkdirAll(dir, dirPerm); err == nil {

@@ -152,3 +152,46 @@ func TestIndexBlobs(t *testing.T) {
 		t.Errorf("Usage = %+v, want %+v", u, want)
 	}
 }
+
+// TestWriteAtomic checks both ways of writing a file: unnamed (O_TMPFILE,
+// then a link) and the named temp file fallback, for a new name, a name that
+// exists (replaced), and a directory that another process removed.
+func TestWriteAtomic(t *testing.T) {
+	for _, named := range []bool{false, true} {
+		t.Run(map[bool]string{false: "unnamed", true: "named"}[named], func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "sub")
+			final := filepath.Join(dir, "f")
+			write := writeAtomic
+			if named {
+				write = writeNamed
+			} else {
+				if err := os.MkdirAll(dir, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := writeUnnamed(dir, final, []byte("probe")); errors.Is(err, errNoUnnamed) {
+					t.Skipf("this file system has no O_TMPFILE: %v", err)
+				} else if err != nil {
+					t.Fatalf("writeUnnamed = %v", err)
+				}
+				if err := os.RemoveAll(dir); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, data := range []string{"first", "second, longer", ""} {
+				if err := write(dir, final, []byte(data)); err != nil {
+					t.Fatalf("write(%q) = %v", data, err)
+				}
+				if b, err := os.ReadFile(final); err != nil || string(b) != data {
+					t.Fatalf("after write(%q): file holds %q, %v", data, b, err)
+				}
+			}
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(ents) != 1 {
+				t.Errorf("directory holds %d files, want only the final one", len(ents))
+			}
+		})
+	}
+}

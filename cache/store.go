@@ -63,15 +63,16 @@ type Store struct {
 
 	st struct {
 		memoryHits, diskHits, misses, loads, loadErrors, corrupt atomic.Int64
-		bytesLoaded, evictions                                   atomic.Int64
+		bytesLoaded, evictions, diskFull                         atomic.Int64
 	}
 }
 
 // Open opens the cache root cfg.Dir, creating its directories if needed. It
 // scans the frames once to learn their sizes and ages (file mtimes), removes
-// temp files left by a crash (those older than ten minutes: younger ones may
-// belong to another process writing now), and evicts down to
-// cfg.MaxDiskBytes.
+// named temp files left by a crash (those older than ten minutes: younger
+// ones may belong to another process writing now; they are never served nor
+// counted as frames), and evicts down to cfg.MaxDiskBytes. Frame files are
+// not read here: each is verified when first used.
 func Open(cfg Config) (*Store, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("cache: open: no directory")
@@ -178,7 +179,8 @@ type Stats struct {
 	BytesLoaded                  int64 // bytes returned by load functions
 	DiskFrames                   int64 // frames on disk now, as this process knows them
 	DiskBytes                    int64
-	Evictions                    int64 // frames removed to stay under MaxDiskBytes (Prune not counted)
+	Evictions                    int64 // frames removed to stay under MaxDiskBytes or to make room on a full disk (Prune not counted)
+	DiskFull                     int64 // frame writes that found the file system full (ENOSPC, EDQUOT)
 }
 
 // Stats returns the Store's counters.
@@ -192,6 +194,7 @@ func (s *Store) Stats() Stats {
 		Corrupt:     s.st.corrupt.Load(),
 		BytesLoaded: s.st.bytesLoaded.Load(),
 		Evictions:   s.st.evictions.Load(),
+		DiskFull:    s.st.diskFull.Load(),
 	}
 	s.mu.Lock()
 	st.DiskFrames = int64(len(s.rec.byHex))

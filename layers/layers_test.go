@@ -123,21 +123,70 @@ func TestLayersFindsIndexesInOrder(t *testing.T) {
 	}
 }
 
+// TestDamagedLocalIndexIsFoundAgain damages the stored index of a layer in
+// the ways a power cut, a bad disk or a mix-up can (garbage, cut at several
+// lengths, single bits flipped, another layer's index under its name): each
+// time the damage is noticed, the index rebuilt and stored again, and the
+// rebuilt one is the original; never a panic, never a wrong index.
 func TestDamagedLocalIndexIsFoundAgain(t *testing.T) {
 	e := newEnv(t)
-	if _, err := e.r.Layers(t.Context(), e.img); err != nil {
+	built, err := e.r.Layers(t.Context(), e.img)
+	if err != nil {
 		t.Fatal(err)
 	}
 	d := e.img.Manifest.Layers[0].Digest
-	if err := e.store.PutIndex(d, []byte("LZFSIDX\x00garbage")); err != nil {
+	good, err := e.store.GetIndex(d)
+	if err != nil {
 		t.Fatal(err)
 	}
-	ls, err := e.r.Layers(t.Context(), e.img)
+	other, err := e.store.GetIndex(e.img.Manifest.Layers[1].Digest)
 	if err != nil {
-		t.Fatalf("Layers with a damaged local index: %v", err)
+		t.Fatal(err)
 	}
-	if ls[0].Origin != OriginBuilt || ls[1].Origin != OriginLocal {
-		t.Errorf("origins = %v, want the damaged one rebuilt, the other local", origins(ls))
+	flip := func(i int) []byte {
+		b := bytes.Clone(good)
+		b[i] ^= 0x04
+		return b
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+	}{
+		{"garbage after the magic", []byte("LZFSIDX\x00garbage")},
+		{"empty", nil},
+		{"magic only", good[:8]},
+		{"cut after the header", good[:12]},
+		{"cut in half", good[:len(good)/2]},
+		{"last byte missing", good[:len(good)-1]},
+		{"a byte too many", append(bytes.Clone(good), 0)},
+		{"bit flipped in the version", flip(8)},
+		{"bit flipped in the body", flip(len(good) / 2)},
+		{"bit flipped in the checksum", flip(len(good) - 1)},
+		{"another layer's index", other},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := e.store.PutIndex(d, tc.data); err != nil {
+				t.Fatal(err)
+			}
+			ls, err := e.r.Layers(t.Context(), e.img)
+			if err != nil {
+				t.Fatalf("Layers with a damaged local index: %v", err)
+			}
+			if ls[0].Origin != OriginBuilt || ls[1].Origin != OriginLocal {
+				t.Errorf("origins = %v, want the damaged one rebuilt, the other local", origins(ls))
+			}
+			enc, err := ls[0].Index.MarshalBinary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := built[0].Index.MarshalBinary()
+			if !bytes.Equal(enc, want) {
+				t.Errorf("rebuilt index differs from the original")
+			}
+			if stored, err := e.store.GetIndex(d); err != nil || !bytes.Equal(stored, good) {
+				t.Errorf("stored index after the rebuild: %d bytes, %v; want the original", len(stored), err)
+			}
+		})
 	}
 }
 

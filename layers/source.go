@@ -156,7 +156,7 @@ func (s *Source) frame(ctx context.Context, x *index.Index, i int) ([]byte, erro
 		var data []byte
 		load := func(ctx context.Context) ([]byte, error) {
 			if x.Format == index.FormatZstd {
-				return nil, s.streamed(ctx, x)
+				return s.streamed(ctx, x, i)
 			}
 			comp, err := s.client.ReadRange(ctx, s.repo, x.Layer, f.CompressedOffset, f.CompressedSize)
 			if err != nil {
@@ -184,6 +184,7 @@ func (s *Source) frame(ctx context.Context, x *index.Index, i int) ([]byte, erro
 type whole struct {
 	once sync.Once
 	err  error
+	kept bool // every frame went into the cache (false when its disk is full)
 }
 
 // errStoredWhole is what the load of a zstd frame returns once the whole
@@ -193,8 +194,11 @@ var errStoredWhole = errors.New("layer decoded whole into the cache")
 // streamed fills the cache with every frame of a layer that cannot be
 // entered in the middle: the first such read fetches and decodes the blob
 // once (decoding it per frame would decode it once per frame), and every
-// frame waiting for it is then read from the cache.
-func (s *Source) streamed(ctx context.Context, x *index.Index) error {
+// frame waiting for it is then read from the cache. The read that decodes
+// gets its own frame i directly. If the cache could not keep every frame
+// (a full disk), the decoding is forgotten, so that a later read of a frame
+// the cache lost decodes the layer again rather than failing.
+func (s *Source) streamed(ctx context.Context, x *index.Index, i int) ([]byte, error) {
 	s.mu.Lock()
 	w := s.whole[x.Layer]
 	if w == nil {
@@ -202,29 +206,55 @@ func (s *Source) streamed(ctx context.Context, x *index.Index) error {
 		s.whole[x.Layer] = w
 	}
 	s.mu.Unlock()
+	var mine []byte
 	w.once.Do(func() {
 		s.log.Info("fetching whole layer: its compression is not seekable", "layer", x.Layer, "len", x.BlobSize)
-		w.err = s.storeWhole(ctx, x)
+		w.kept, w.err = s.storeWhole(ctx, x, i, &mine)
 	})
-	if w.err != nil {
+	if w.err != nil || !w.kept {
 		// Let a later read try again rather than remembering the failure.
 		s.mu.Lock()
 		if s.whole[x.Layer] == w {
 			delete(s.whole, x.Layer)
 		}
 		s.mu.Unlock()
-		return fmt.Errorf("fetch whole layer %s: %w", x.Layer, w.err)
 	}
-	return errStoredWhole
+	if w.err != nil {
+		return nil, fmt.Errorf("fetch whole layer %s: %w", x.Layer, w.err)
+	}
+	if mine != nil {
+		return mine, nil
+	}
+	return nil, errStoredWhole
 }
 
-func (s *Source) storeWhole(ctx context.Context, x *index.Index) error {
+// storeWhole decodes layer x into the cache and sets *mine to frame i. A
+// frame the cache cannot write (its disk is full) is logged once and
+// skipped, and kept is then false; a frame that does not match its digest
+// ends the decoding.
+func (s *Source) storeWhole(ctx context.Context, x *index.Index, i int, mine *[]byte) (kept bool, err error) {
 	rc, err := s.client.OpenBlob(ctx, s.repo, x.Layer)
 	if err != nil {
-		return err
+		return false, err
 	}
 	defer rc.Close()
-	return x.DecodeAll(ctx, io.LimitReader(rc, x.BlobSize), func(i int, b []byte) error {
-		return s.store.Put(ctx, x.Frames[i].Digest, b)
+	kept = true
+	err = x.DecodeAll(ctx, io.LimitReader(rc, x.BlobSize), func(k int, b []byte) error {
+		err := s.store.Put(ctx, x.Frames[k].Digest, b)
+		switch {
+		case err == nil:
+		case errors.Is(err, index.ErrCorrupt), errors.Is(err, cache.ErrClosed), ctx.Err() != nil:
+			return err
+		default:
+			if kept {
+				s.log.Warn("frames of a whole layer not kept in the cache", "layer", x.Layer, "frame", k, "err", err)
+			}
+			kept = false
+		}
+		if k == i {
+			*mine = b
+		}
+		return nil
 	})
+	return kept, err
 }
