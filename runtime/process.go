@@ -54,6 +54,12 @@ type Spec struct {
 	// Cow is --cow: who keeps the container's changes, CowOverlay ("" too)
 	// or CowFuse.
 	Cow string `json:"cow,omitempty"`
+	// RecordPrefetch is --record-prefetch: note what the container reads
+	// of its image until its program exits, and push that as the image's
+	// prefetch profile. A recording run does not prefetch.
+	RecordPrefetch bool `json:"recordPrefetch,omitempty"`
+	// NoPrefetch is --prefetch=false: do not look for a profile.
+	NoPrefetch bool `json:"noPrefetch,omitempty"`
 }
 
 // Copy-on-write modes. Both keep the upper directory in overlayfs' format.

@@ -282,6 +282,25 @@ func (s *supervisor) run(report func(initStatus)) (code int, err error) {
 		defer s.watch("close the frame source")()
 		src.Close()
 	}()
+	var rec *layers.Recorder
+	switch {
+	case c.Spec.RecordPrefetch:
+		rec = layers.NewRecorder()
+		src.Record(rec)
+	case !c.Spec.NoPrefetch:
+		// Beside the mount and the start: readers never wait for it.
+		pctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.prefetch(pctx, src, img, idxs)
+		}()
+		defer func() { // before the unmount
+			defer s.watch("stop the prefetch")()
+			cancel()
+			<-done
+		}()
+	}
 	m, err := fusefs.MountLayers(c.lowerDir(), idxs, src, mcfg)
 	if err != nil {
 		return 0, err
@@ -338,7 +357,44 @@ func (s *supervisor) run(report func(initStatus)) (code int, err error) {
 		return 0, err
 	}
 	defer s.ctl.Close() // first: nobody asks for anything while it is torn down
-	return s.loop(report), nil
+	code = s.loop(report)
+	if rec != nil {
+		s.pushProfile(ctx, img, rec)
+	}
+	return code, nil
+}
+
+// profileTimeout bounds finding a prefetch profile and pushing one.
+const profileTimeout = 30 * time.Second
+
+// prefetch fetches what the image's prefetch profile names, if it has one.
+func (s *supervisor) prefetch(ctx context.Context, src *layers.Source, img *fetch.Image, idxs []*index.Index) {
+	start := time.Now()
+	fctx, cancel := context.WithTimeout(ctx, profileTimeout)
+	p, err := s.r.cfg.Resolver.FindProfile(fctx, img)
+	cancel()
+	if err != nil {
+		s.log.Debug("no prefetch", "image", img.Ref, "err", err)
+		return
+	}
+	found := time.Since(start)
+	st, err := src.Prefetch(ctx, idxs, p, layers.PrefetchConfig{})
+	s.log.Debug("prefetched", "image", img.Ref, "frames", st.Frames, "present", st.Present, "requests", st.Requests,
+		"len", st.Fetched, "failed", st.Failed, "found", found, "dur", time.Since(start), "err", err)
+}
+
+// pushProfile pushes what the container read as the image's prefetch
+// profile.
+func (s *supervisor) pushProfile(ctx context.Context, img *fetch.Image, rec *layers.Recorder) {
+	p := rec.Profile(img.Digest, s.c.Command)
+	ctx, cancel := context.WithTimeout(ctx, profileTimeout)
+	defer cancel()
+	desc, err := s.r.cfg.Resolver.PushProfile(ctx, img, p)
+	if err != nil {
+		s.log.Warn("cannot push the prefetch profile", "image", img.Ref, "err", err)
+		return
+	}
+	s.log.Info("prefetch profile pushed", "image", img.Ref, "layers", len(p.Layers), "len", p.Bytes(), "digest", desc.Digest)
 }
 
 // loop starts the program, waits for it, and starts it again as the

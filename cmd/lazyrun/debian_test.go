@@ -82,9 +82,14 @@ func TestRunDebianPython(t *testing.T) {
 	e := &env{root: t.TempDir(), ref: ref}
 	t.Cleanup(func() { e.checkClean(t) })
 
-	// run runs args in a new container and returns its output and the
-	// layer bytes fetched for it.
-	run := func(t *testing.T, flags []string, args ...string) (string, int64) {
+	// runIn runs args in a new container of root e and says what it
+	// printed and fetched.
+	type fetched struct {
+		out, stderr string
+		layerBytes  int64
+		requests    int
+	}
+	runIn := func(t *testing.T, e *env, flags []string, args ...string) fetched {
 		t.Helper()
 		proxy.ClearStats()
 		start := time.Now()
@@ -108,7 +113,14 @@ func TestRunDebianPython(t *testing.T) {
 		if strings.Contains(r.stderr, "no index for layer") {
 			t.Errorf("lazyrun built an index: the pushed indexes were not used\n%s", r.stderr)
 		}
-		return r.stdout, layerBytes
+		return fetched{out: r.stdout, stderr: r.stderr, layerBytes: layerBytes, requests: st.BlobRequests}
+	}
+	// run runs args in a new container and returns its output and the
+	// layer bytes fetched for it.
+	run := func(t *testing.T, flags []string, args ...string) (string, int64) {
+		t.Helper()
+		f := runIn(t, e, flags, args...)
+		return f.out, f.layerBytes
 	}
 
 	t.Run("python3 -c", func(t *testing.T) {
@@ -124,6 +136,35 @@ func TestRunDebianPython(t *testing.T) {
 		out, _ := run(t, nil, "dpkg", "-l", "python3")
 		if !regexp.MustCompile(`(?m)^ii  python3 +3\.11\.`).MatchString(out) {
 			t.Errorf("dpkg -l python3 does not list python3 3.11 installed:\n%s", out)
+		}
+	})
+	// A profile recorded on one machine (root), used by a cold start on
+	// another: it fetches what the start needs in fewer requests.
+	t.Run("prefetch profile", func(t *testing.T) {
+		python := []string{"python3", "-c", "import sys; print(sys.version_info[:2])"}
+		cold := func(flags ...string) fetched {
+			t.Helper()
+			e := &env{root: t.TempDir(), ref: ref}
+			defer e.checkClean(t)
+			f := runIn(t, e, flags, python...)
+			if f.out != "(3, 11)\n" {
+				t.Fatalf("python3 printed %q", f.out)
+			}
+			return f
+		}
+		without := cold("--prefetch=false")
+		rec := cold("--record-prefetch")
+		if !strings.Contains(rec.stderr, "prefetch profile pushed") {
+			t.Fatalf("--record-prefetch did not say it pushed a profile:\n%s", rec.stderr)
+		}
+		with := cold()
+		t.Logf("cold start without a profile: %d requests, %.2f MB; with one: %d requests, %.2f MB",
+			without.requests, float64(without.layerBytes)/1e6, with.requests, float64(with.layerBytes)/1e6)
+		if with.requests >= without.requests {
+			t.Errorf("with a profile the start made %d blob requests, without %d: want fewer", with.requests, without.requests)
+		}
+		if with.layerBytes > without.layerBytes*11/10 {
+			t.Errorf("with a profile the start fetched %d layer bytes, without %d: want no more", with.layerBytes, without.layerBytes)
 		}
 	})
 	for _, cow := range []string{"overlay", "fuse"} {

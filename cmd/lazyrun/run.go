@@ -23,7 +23,7 @@ func newRunCommand(g *cli.Globals, stdin io.Reader, code *exitCoder) *cobra.Comm
 		publish               []string
 		memory, cpus, network string
 		pids, restart         string
-		detach                bool
+		detach, prefetch      bool
 		stopTimeout           int
 	)
 	cmd := &cobra.Command{
@@ -84,6 +84,7 @@ ID once the program runs and returns; the container goes on.`,
 			default:
 				s.Net = network
 			}
+			s.NoPrefetch = !prefetch
 			switch s.Cow {
 			case runtime.CowOverlay, runtime.CowFuse:
 			default:
@@ -172,6 +173,8 @@ ID once the program runs and returns; the container goes on.`,
 	f.StringVarP(&memory, "memory", "m", "", "memory limit (e.g. 512m, 1g)")
 	f.StringVar(&cpus, "cpus", "", "number of CPUs (e.g. 0.5)")
 	f.StringVar(&pids, "pids-limit", "", "process limit; 0 or -1 = unlimited")
+	f.BoolVar(&s.RecordPrefetch, "record-prefetch", false, "note what the container reads of its image until the program exits, and push that to the registry as the image's prefetch profile")
+	f.BoolVar(&prefetch, "prefetch", true, "fetch what the image's prefetch profile names, if it has one, as the container starts")
 	f.StringVar(&s.Cow, "cow", runtime.CowOverlay, "who keeps the container's changes: overlay (kernel overlayfs over the lazy mount) or fuse (lazyfs' own copy-on-write)")
 	f.StringArrayVarP(&publish, "publish", "p", nil, "publish a container's port on the host: [IP:][HOSTPORT:]PORT[/tcp], HOSTPORT empty or 0 for a free one, ranges as START-END")
 	f.StringVar(&network, "net", runtime.NetHost, "network: host (the host's network; the default without -p), private (loopback only, reached through -p; the default with -p) or none (loopback only)")
