@@ -45,20 +45,25 @@ type Config struct {
 const (
 	ModePull   = "pull"   // lazyrun pull, then lazyrun run: the full-pull baseline
 	ModePodman = "podman" // podman pull, then podman run (fresh storage)
-	ModeCold   = "cold"   // lazyrun run on an empty cache
-	ModeWarm   = "warm"   // lazyrun run again in the pull's root: cache full
-	ModeNative = "native" // the command in a chroot on the unpacked root (overlayfs), no FUSE
+	ModeCold   = "cold"   // lazyrun run on an empty cache, without a prefetch profile
+	// ModeProfile is lazyrun run on an empty cache with the image's prefetch
+	// profile, recorded once per workload (not measured) by
+	// --record-prefetch on a root of its own.
+	ModeProfile = "profile"
+	ModeWarm    = "warm"   // lazyrun run again in the pull's root: cache full
+	ModeNative  = "native" // the command in a chroot on the unpacked root (overlayfs), no FUSE
 )
 
 // Modes lists every mode.
-var Modes = []string{ModePull, ModePodman, ModeCold, ModeWarm, ModeNative}
+var Modes = []string{ModePull, ModePodman, ModeCold, ModeProfile, ModeWarm, ModeNative}
 
 var modeTitles = map[string]string{
-	ModePull:   "full pull + run (lazyrun pull)",
-	ModePodman: "full pull + run (podman)",
-	ModeCold:   "lazy, cold cache",
-	ModeWarm:   "lazy, warm cache (after the pull)",
-	ModeNative: "native (unpacked root, no FUSE)",
+	ModePull:    "full pull + run (lazyrun pull)",
+	ModePodman:  "full pull + run (podman)",
+	ModeCold:    "lazy, cold cache",
+	ModeProfile: "lazy, cold cache, prefetch profile",
+	ModeWarm:    "lazy, warm cache (after the pull)",
+	ModeNative:  "native (unpacked root, no FUSE)",
 }
 
 // runner holds a run's parts.
@@ -77,6 +82,8 @@ type runner struct {
 	podmanRan    bool  // a podman measurement succeeded
 	podmanEnv    []string
 	podmanPolicy string
+
+	recorded map[string]bool // workloads whose prefetch profile was recorded
 }
 
 func (r *runner) logf(format string, args ...any) {
@@ -421,7 +428,10 @@ func (r *runner) round(ctx context.Context, wr *WorkloadResult, i int) {
 		add(ModeWarm, warm)
 	}
 	if mode(ModeCold) != nil {
-		add(ModeCold, r.measureCold(ctx, wr.Workload))
+		add(ModeCold, r.measureCold(ctx, wr.Workload, false))
+	}
+	if mode(ModeProfile) != nil {
+		add(ModeProfile, r.measureCold(ctx, wr.Workload, true))
 	}
 	if mr := mode(ModePodman); mr != nil {
 		if r.podmanErr != nil {
@@ -453,9 +463,14 @@ func (r *runner) lazyrun(root string, args ...string) []string {
 	return append([]string{filepath.Join(r.cfg.BinDir, "lazyrun"), "--root", root}, args...)
 }
 
-// runArgs are `lazyrun run`'s arguments for w.
-func (r *runner) runArgs(w Workload) []string {
-	return append([]string{"run", "--rm", "--net", "none", r.ref(w.Image)}, w.Cmd...)
+// runArgs are `lazyrun run`'s arguments for w: without a prefetch
+// profile unless flags say otherwise.
+func (r *runner) runArgs(w Workload, flags ...string) []string {
+	if len(flags) == 0 {
+		flags = []string{"--prefetch=false"}
+	}
+	args := append([]string{"run", "--rm", "--net", "none"}, flags...)
+	return append(append(args, r.ref(w.Image)), w.Cmd...)
 }
 
 // measured runs fn between two readings of the registry's log and the
@@ -506,20 +521,51 @@ func (r *runner) measurePull(ctx context.Context, w Workload) (pull, warm Sample
 }
 
 // measureCold is a lazy start on an empty cache: fresh root, nothing local,
-// the index fetched from the registry.
-func (r *runner) measureCold(ctx context.Context, w Workload) (s Sample) {
-	sc, err := newScratch(ctx, r.cfg.WorkDir, "cold", r.cfg.LoopSize)
+// the index fetched from the registry; with profile, the image's prefetch
+// profile too (recorded first if it was not yet).
+func (r *runner) measureCold(ctx context.Context, w Workload, profile bool) (s Sample) {
+	name, flags := "cold", []string{"--prefetch=false"}
+	if profile {
+		if err := r.recordProfile(ctx, w); err != nil {
+			return Sample{Err: err.Error()}
+		}
+		name, flags = "profile", []string{"--prefetch=true"}
+	}
+	sc, err := newScratch(ctx, r.cfg.WorkDir, name, r.cfg.LoopSize)
 	if err != nil {
 		return Sample{Err: err.Error()}
 	}
 	defer r.closeScratch(sc)
 	root := filepath.Join(sc.Dir, "lazyfs")
 	r.measured(&s, func() error {
-		d, out, err := r.command(ctx, r.logPath(w.Name+"-cold"), nil, r.lazyrun(root, r.runArgs(w)...)...)
+		d, out, err := r.command(ctx, r.logPath(w.Name+"-"+name), nil, r.lazyrun(root, r.runArgs(w, flags...)...)...)
 		s.Wall = d
 		return checkRun(w, out, err)
 	})
 	return s
+}
+
+// recordProfile records and pushes w's prefetch profile once, on a fresh
+// root (a cold start: what it reads is what a cold start needs).
+func (r *runner) recordProfile(ctx context.Context, w Workload) error {
+	if r.recorded[w.Name] {
+		return nil
+	}
+	sc, err := newScratch(ctx, r.cfg.WorkDir, "record", r.cfg.LoopSize)
+	if err != nil {
+		return err
+	}
+	defer r.closeScratch(sc)
+	root := filepath.Join(sc.Dir, "lazyfs")
+	_, out, err := r.command(ctx, r.logPath(w.Name+"-record"), nil, r.lazyrun(root, r.runArgs(w, "--record-prefetch")...)...)
+	if err := checkRun(w, out, err); err != nil {
+		return fmt.Errorf("record the prefetch profile: %w", err)
+	}
+	if r.recorded == nil {
+		r.recorded = map[string]bool{}
+	}
+	r.recorded[w.Name] = true
+	return nil
 }
 
 // measureScale starts n containers of the scale workload at once on one

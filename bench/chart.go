@@ -11,11 +11,12 @@ import (
 
 // chartColors are the modes' bar colours.
 var chartColors = map[string]color.Color{
-	ModePull:   color.RGBA{R: 0x44, G: 0x44, B: 0x44, A: 0xff},
-	ModePodman: color.RGBA{R: 0x99, G: 0x99, B: 0x99, A: 0xff},
-	ModeCold:   color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
-	ModeWarm:   color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
-	ModeNative: color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
+	ModePull:    color.RGBA{R: 0x44, G: 0x44, B: 0x44, A: 0xff},
+	ModePodman:  color.RGBA{R: 0x99, G: 0x99, B: 0x99, A: 0xff},
+	ModeCold:    color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
+	ModeProfile: color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
+	ModeWarm:    color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
+	ModeNative:  color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
 }
 
 // chart draws the median wall time per workload and mode as grouped bars,
