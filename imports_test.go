@@ -16,6 +16,7 @@ var allowed = map[string][]string{
 	"cache":                  {"index"},
 	"fusefs":                 {"index"},
 	"layers":                 {"index", "fetch", "cache"},
+	"metrics":                {"cache"},
 	"snapshotter":            {"index", "fetch", "cache", "fusefs", "layers"},
 	"runtime":                {"fusefs", "fetch", "index", "layers", "cache", "runtime/spec", "runtime/cgroup"},
 	"runtime/spec":           {},
