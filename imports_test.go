@@ -17,7 +17,7 @@ var allowed = map[string][]string{
 	"fusefs":                 {"index"},
 	"layers":                 {"index", "fetch", "cache"},
 	"metrics":                {"cache"},
-	"snapshotter":            {"index", "fetch", "cache", "fusefs", "layers"},
+	"snapshotter":            {"index", "fetch", "cache", "fusefs", "layers", "metrics"},
 	"runtime":                {"fusefs", "fetch", "index", "layers", "cache", "runtime/spec", "runtime/cgroup"},
 	"runtime/spec":           {},
 	"runtime/cgroup":         {},
