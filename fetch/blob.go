@@ -63,14 +63,20 @@ func blobURL(cn *conn, blob digest.Digest) string {
 }
 
 // countReader counts the bytes read through it into n.
+// countReader counts body bytes for Stats and for the call's Meter (nil:
+// none).
 type countReader struct {
 	r io.Reader
 	n *atomic.Int64
+	m Meter
 }
 
 func (r countReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
 	r.n.Add(int64(n))
+	if r.m != nil && n > 0 {
+		r.m.BodyBytes(int64(n))
+	}
 	return n, err
 }
 
@@ -165,7 +171,7 @@ func (c *Client) rangeAttempt(ctx context.Context, cn *conn, blob digest.Digest,
 		return nil, newHTTPError(resp)
 	}
 
-	body := countReader{r: resp.Body, n: &c.bytesFetched}
+	body := countReader{r: resp.Body, n: &c.bytesFetched, m: meterFrom(ctx)}
 	if skip > 0 {
 		if got, err := io.CopyN(io.Discard, body, skip); err != nil {
 			return nil, shortBody(got, skip+n, err)
@@ -233,7 +239,7 @@ func (c *Client) OpenBlob(ctx context.Context, repo string, blob digest.Digest) 
 		}
 		timer.Reset(c.cfg.RequestTimeout)
 		br = &blobReader{
-			body: countReader{r: resp.Body, n: &c.bytesFetched}, closer: resp.Body,
+			body: countReader{r: resp.Body, n: &c.bytesFetched, m: meterFrom(ctx)}, closer: resp.Body,
 			blob: blob, verifier: blob.Verifier(), size: resp.ContentLength,
 			ctx: sctx, timer: timer, timeout: c.cfg.RequestTimeout, stop: stop,
 		}
@@ -364,7 +370,7 @@ func (c *Client) readBlobAttempt(ctx context.Context, cn *conn, blob digest.Dige
 	if limit < math.MaxInt64 {
 		limit++
 	}
-	b, err := io.ReadAll(io.LimitReader(countReader{r: resp.Body, n: &c.bytesFetched}, limit))
+	b, err := io.ReadAll(io.LimitReader(countReader{r: resp.Body, n: &c.bytesFetched, m: meterFrom(ctx)}, limit))
 	if err != nil {
 		return nil, shortBody(int64(len(b)), resp.ContentLength, err)
 	}

@@ -24,7 +24,7 @@ import (
 //	retryTransport    attempts on connection errors, 429 and 5xx (not for managed requests)
 //	timeoutTransport  RequestTimeout per attempt, body included (not for managed requests)
 //	guardTransport    refuses plain HTTP to hosts other than loopback unless Config.Insecure
-//	countTransport    counts requests for Stats
+//	countTransport    counts requests for Stats and the call's Meter
 //	Config.Transport  or a clone of http.DefaultTransport
 //
 // A "managed" request is one whose caller (ReadRange, ReadBlob, OpenBlob)
@@ -56,6 +56,9 @@ type countTransport struct {
 
 func (t *countTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	t.requests.Add(1)
+	if m := meterFrom(req.Context()); m != nil {
+		m.Request()
+	}
 	return t.inner.RoundTrip(req)
 }
 

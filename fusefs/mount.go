@@ -45,6 +45,12 @@ type Config struct {
 	// costs ~70x more (BenchmarkCowMetadata). Lower names with several hard
 	// links are never cached: copying one of them up changes its identity.
 	WritableCacheTimeout time.Duration
+	// OnIOError, if set, is called each time the mount answers a request
+	// with EIO because a frame could not be fetched or verified (a read,
+	// or a copy-up on a writable mount), after the error is logged. It is
+	// called concurrently and must return at once; metrics count read
+	// errors with it.
+	OnIOError func()
 	// Setuid honours setuid and setgid bits and device nodes, as a
 	// container's root file system must; false mounts nosuid,nodev.
 	Setuid bool
@@ -56,6 +62,7 @@ type fileSystem struct {
 	src    FrameSource
 	tree   *tree
 	log    *slog.Logger
+	onEIO  func() // Config.OnIOError; nil = none
 }
 
 // Mount is a mounted union of layers: read-only, or copy-on-write with
@@ -77,7 +84,7 @@ func MountLayers(dir string, layers []*index.Index, src FrameSource, cfg Config)
 	if err != nil {
 		return nil, fmt.Errorf("merge layers: %w", err)
 	}
-	fsys := &fileSystem{layers: layers, src: src, tree: t, log: log}
+	fsys := &fileSystem{layers: layers, src: src, tree: t, log: log, onEIO: cfg.OnIOError}
 	timeout := cfg.CacheTimeout
 	if timeout <= 0 {
 		timeout = time.Hour

@@ -102,6 +102,12 @@ func requireFUSE(t testing.TB) {
 
 func mountLayers(t *testing.T, blobs [][]byte, span int64) (string, *memSource) {
 	t.Helper()
+	return mountLayersWith(t, blobs, span, Config{})
+}
+
+// mountLayersWith is mountLayers with cfg (its Logger is the test's).
+func mountLayersWith(t *testing.T, blobs [][]byte, span int64, cfg Config) (string, *memSource) {
+	t.Helper()
 	requireFUSE(t)
 	src := &memSource{blobs: map[digest.Digest][]byte{}}
 	var idxs []*index.Index
@@ -115,7 +121,8 @@ func mountLayers(t *testing.T, blobs [][]byte, span int64) (string, *memSource) 
 		idxs = append(idxs, x)
 	}
 	dir := t.TempDir()
-	m, err := MountLayers(dir, idxs, src, Config{Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
+	m, err := MountLayers(dir, idxs, src, cfg)
 	if err != nil {
 		t.Fatalf("MountLayers: %v", err)
 	}
@@ -225,11 +232,15 @@ func TestMountServesUnion(t *testing.T) {
 
 func TestMountReadFailureIsEIO(t *testing.T) {
 	layer := makeTar(t, []tarFile{{hdr: tar.Header{Name: "f", Typeflag: tar.TypeReg, Mode: 0o644}, body: []byte("data")}})
-	dir, src := mountLayers(t, [][]byte{layer}, 0)
+	var eios atomic.Int64
+	dir, src := mountLayersWith(t, [][]byte{layer}, 0, Config{OnIOError: func() { eios.Add(1) }})
 	src.fail.Store(true)
 	_, err := os.ReadFile(filepath.Join(dir, "f"))
 	if !errors.Is(err, syscall.EIO) {
 		t.Errorf("ReadFile with a failing source = %v, want EIO", err)
+	}
+	if n := eios.Load(); n < 1 {
+		t.Errorf("OnIOError calls after a read failed with EIO = %d, want ≥ 1", n)
 	}
 	src.fail.Store(false)
 	// The failure was not cached: the next read works without a remount.

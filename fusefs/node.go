@@ -202,5 +202,8 @@ func (f *fileSystem) errno(ctx context.Context, op, path string, err error, attr
 		args = append(args, a)
 	}
 	f.log.Error("read failed", args...)
+	if f.onEIO != nil {
+		f.onEIO()
+	}
 	return syscall.EIO
 }

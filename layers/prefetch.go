@@ -10,6 +10,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/lazyfs/lazyfs/fetch"
 	"github.com/lazyfs/lazyfs/index"
 )
 
@@ -134,7 +135,7 @@ func (s *Source) Prefetch(ctx context.Context, layers []*index.Index, p *Profile
 			var err error
 			if j.whole {
 				n = j.x.BlobSize
-				_, err = s.frame(ctx, j.x, j.run[0])
+				_, _, err = s.frame(ctx, j.x, j.run[0])
 			} else {
 				n, err = s.prefetchRun(ctx, j.x, j.run)
 			}
@@ -175,6 +176,9 @@ func (s *Source) prefetchRun(ctx context.Context, x *index.Index, run []int) (in
 	defer done()
 	off := x.Frames[first].CompressedOffset
 	n := x.Frames[last].CompressedOffset + x.Frames[last].CompressedSize - off
+	if s.meter != nil {
+		ctx = fetch.WithMeter(ctx, s.meter)
+	}
 	buf, err := s.client.ReadRange(ctx, s.repo, x.Layer, off, n)
 	if err != nil {
 		return n, err

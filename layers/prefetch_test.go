@@ -145,7 +145,7 @@ func TestPrefetchReaderWaitsForInflight(t *testing.T) {
 		got <- err
 	}()
 	// The reader waits; the "prefetch" stores the frame and ends.
-	data, err := NewSource(e.client, e.img.Repo, e.store, nil).frame(t.Context(), gz, 3)
+	data, _, err := NewSource(e.client, e.img.Repo, e.store, nil).frame(t.Context(), gz, 3)
 	if err != nil || len(data) == 0 {
 		t.Fatal(err)
 	}

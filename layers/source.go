@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -36,6 +37,8 @@ type Source struct {
 
 	readTimeout time.Duration // how long one read waits for a frame before EIO
 	readahead   int           // frames fetched ahead of a sequential reader
+	metrics     Metrics       // never nil: noMetrics when off
+	meter       fetch.Meter   // metrics as the fetches' meter; nil when off
 
 	aheadSem chan struct{} // one token per running read-ahead
 	stop     context.Context
@@ -66,7 +69,8 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 	s := &Source{client: client, repo: repo, store: store, log: log,
 		whole: map[digest.Digest]*whole{}, last: map[digest.Digest]int{}, ahead: map[digest.Digest]int{},
 		inflight: map[digest.Digest]chan struct{}{}, prefetching: map[digest.Digest]int{},
-		aheadSem: make(chan struct{}, readaheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead}
+		aheadSem: make(chan struct{}, readaheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead,
+		metrics: noMetrics{}}
 	s.stop, s.cancel = context.WithCancel(context.Background())
 	return s
 }
@@ -79,6 +83,42 @@ func (s *Source) SetReadTimeout(d time.Duration) { s.readTimeout = d }
 // Record makes the Source note every frame a reader asks for (read-ahead
 // and prefetch not included) in rec. Call it before the first Frame.
 func (s *Source) Record(rec *Recorder) { s.rec = rec }
+
+// Metrics receives what a Source does, for monitoring; package metrics
+// implements it per image. Its methods are called concurrently, some from
+// inside the HTTP stack, and must return at once.
+type Metrics interface {
+	// Request and BodyBytes count the registry traffic of the Source's
+	// frame loads, read-ahead and whole-layer streams included.
+	fetch.Meter
+	// FrameFetched is told the time of each successful load of one frame
+	// from the registry: the Range read with its retries, and decoding.
+	// Whole-layer (zstd) loads are not timed.
+	FrameFetched(d time.Duration)
+	// ReadaheadStarted and ReadaheadDone bracket each frame read ahead of
+	// a sequential reader; fetched says whether it was loaded from the
+	// registry (false: it was cached, or the load failed).
+	ReadaheadStarted()
+	ReadaheadDone(fetched bool)
+}
+
+type noMetrics struct{}
+
+func (noMetrics) Request()                     {}
+func (noMetrics) BodyBytes(int64)              {}
+func (noMetrics) FrameFetched(d time.Duration) {}
+func (noMetrics) ReadaheadStarted()            {}
+func (noMetrics) ReadaheadDone(bool)           {}
+
+// SetMetrics makes the Source report to m (nil: to nothing). Call it
+// before the first Frame.
+func (s *Source) SetMetrics(m Metrics) {
+	if m == nil {
+		s.metrics, s.meter = noMetrics{}, nil
+		return
+	}
+	s.metrics, s.meter = m, m
+}
 
 // Close stops fetching ahead and waits for the fetches running. Frame keeps
 // working without read-ahead. Close is idempotent.
@@ -110,10 +150,13 @@ func (s *Source) fetchAhead(x *index.Index, i int) {
 			return // enough running; the reader will ask again
 		}
 		s.wg.Add(1)
+		s.metrics.ReadaheadStarted()
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-s.aheadSem }()
-			if _, err := s.frame(s.stop, x, j); err != nil && s.stop.Err() == nil {
+			_, fetched, err := s.frame(s.stop, x, j)
+			s.metrics.ReadaheadDone(fetched && err == nil)
+			if err != nil && s.stop.Err() == nil {
 				s.log.Debug("read-ahead failed", "layer", x.Layer, "frame", j, "err", err)
 			}
 		}()
@@ -139,30 +182,44 @@ func (s *Source) Frame(ctx context.Context, x *index.Index, i int) ([]byte, erro
 		ctx, cancel = context.WithTimeout(ctx, s.readTimeout)
 		defer cancel()
 	}
-	data, err := s.frame(ctx, x, i)
+	data, _, err := s.frame(ctx, x, i)
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
 		return nil, fmt.Errorf("frame %d of layer %s: not fetched within %v: %w", i, x.Layer, s.readTimeout, err)
 	}
 	return data, err
 }
 
-func (s *Source) frame(ctx context.Context, x *index.Index, i int) ([]byte, error) {
+// frame returns frame i of layer x; fetched says this call's load function
+// ran (the frame was not cached; another caller may have waited for it too).
+func (s *Source) frame(ctx context.Context, x *index.Index, i int) (_ []byte, fetched bool, _ error) {
 	f := &x.Frames[i]
 	if err := s.awaitInflight(ctx, f.Digest); err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	var err error
+	var (
+		err    error
+		loaded atomic.Bool // set by load, which may outlive this call
+	)
 	for attempt := 1; attempt <= corruptFetches; attempt++ {
 		var data []byte
 		load := func(ctx context.Context) ([]byte, error) {
+			loaded.Store(true)
+			if s.meter != nil {
+				ctx = fetch.WithMeter(ctx, s.meter)
+			}
 			if x.Format == index.FormatZstd {
 				return s.streamed(ctx, x, i)
 			}
+			start := time.Now()
 			comp, err := s.client.ReadRange(ctx, s.repo, x.Layer, f.CompressedOffset, f.CompressedSize)
 			if err != nil {
 				return nil, err
 			}
-			return x.DecodeFrame(i, comp)
+			data, err := x.DecodeFrame(i, comp)
+			if err == nil {
+				s.metrics.FrameFetched(time.Since(start))
+			}
+			return data, err
 		}
 		data, err = s.store.Frame(ctx, f.Digest, f.Size, load)
 		if errors.Is(err, errStoredWhole) {
@@ -172,11 +229,11 @@ func (s *Source) frame(ctx context.Context, x *index.Index, i int) ([]byte, erro
 			}
 		}
 		if !errors.Is(err, index.ErrCorrupt) {
-			return data, err
+			return data, loaded.Load(), err
 		}
 		s.log.Warn("frame corrupt, fetching it again", "layer", x.Layer, "frame", i, "attempt", attempt, "err", err)
 	}
-	return nil, fmt.Errorf("frame %d of layer %s: %d fetches gave wrong bytes: %w", i, x.Layer, corruptFetches, err)
+	return nil, loaded.Load(), fmt.Errorf("frame %d of layer %s: %d fetches gave wrong bytes: %w", i, x.Layer, corruptFetches, err)
 }
 
 // whole is the one decoding of an entire layer blob into the cache, shared

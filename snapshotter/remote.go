@@ -252,6 +252,7 @@ func (s *Snapshotter) restore(ctx context.Context) error {
 		s.lazy[e.id] = l
 		s.mu.Unlock()
 		if err != nil {
+			s.cfg.Metrics.MountFailed()
 			s.log.Error("lazy layer not mounted again: snapshots on it cannot be mounted", "layer", l.layer, "target", e.info.Name, "err", err)
 			continue
 		}

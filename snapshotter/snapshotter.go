@@ -24,6 +24,7 @@ import (
 	"github.com/lazyfs/lazyfs/fusefs"
 	"github.com/lazyfs/lazyfs/index"
 	"github.com/lazyfs/lazyfs/layers"
+	"github.com/lazyfs/lazyfs/metrics"
 )
 
 // Labels this snapshotter puts on the snapshot of a lazy layer. They carry
@@ -60,6 +61,9 @@ type Config struct {
 	// (manifest, config, referrers); 0 = 2 minutes.
 	FindTimeout time.Duration
 	FUSEDebug   bool // log every FUSE request of the lazy mounts
+	// Metrics receives the lazy mounts (active, failed), their read
+	// errors, and each repository's frame source metrics. nil = none.
+	Metrics *metrics.Registry
 }
 
 // Snapshotter implements containerd's snapshots.Snapshotter (and
@@ -271,6 +275,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	case errors.Is(err, errNotLazy):
 		s.log.Info("layer unpacked by containerd", "layer", want.layer, "target", target, "why", err)
 	default:
+		s.cfg.Metrics.MountFailed()
 		s.log.Warn("lazy mount failed: layer unpacked by containerd", "layer", want.layer, "target", target, "err", err)
 	}
 	return s.mountsOrRemove(ctx, key, sn)
@@ -519,11 +524,20 @@ func (s *Snapshotter) mountLayer(id, repo string, x *index.Index) (*fusefs.Mount
 	if lostRootOpaque {
 		s.log.Warn("layer makes its root directory opaque, which a lazy mount cannot show: lower layers stay visible", "layer", x.Layer)
 	}
-	return fusefs.MountLayers(s.fsPath(id), []*index.Index{lower}, s.source(repo), fusefs.Config{
+	cfg := fusefs.Config{
 		FSName: "lazyfs:" + x.Layer.String(),
 		Logger: s.log,
 		Debug:  s.cfg.FUSEDebug,
-	})
+	}
+	if s.cfg.Metrics != nil {
+		cfg.OnIOError = s.cfg.Metrics.ReadError
+	}
+	m, err := fusefs.MountLayers(s.fsPath(id), []*index.Index{lower}, s.source(repo), cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.cfg.Metrics.MountStarted()
+	return m, nil
 }
 
 // source returns the frame source for a repository, one per repository
@@ -534,6 +548,9 @@ func (s *Snapshotter) source(repo string) *layers.Source {
 	src := s.sources[repo]
 	if src == nil {
 		src = layers.NewSource(s.cfg.Client, repo, s.cfg.Store, s.log)
+		if s.cfg.Metrics != nil {
+			src.SetMetrics(s.cfg.Metrics.Image(repo))
+		}
 		s.sources[repo] = src
 	}
 	return src
@@ -542,6 +559,7 @@ func (s *Snapshotter) source(repo string) *layers.Source {
 // unmount detaches a lazy layer; a busy mount (a process still in it) is
 // detached lazily and goes away with its last user.
 func (s *Snapshotter) unmount(id string, l *lazyLayer) {
+	s.cfg.Metrics.MountEnded() // detached or not, this process no longer serves it
 	if err := l.mount.Unmount(); err != nil {
 		if derr := detach(s.fsPath(id)); derr != nil {
 			s.log.Warn("unmount lazy layer", "layer", l.layer, "path", s.fsPath(id), "err", err)

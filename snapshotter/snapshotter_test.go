@@ -23,6 +23,7 @@ import (
 	"github.com/lazyfs/lazyfs/fetch"
 	"github.com/lazyfs/lazyfs/internal/testutil"
 	"github.com/lazyfs/lazyfs/layers"
+	"github.com/lazyfs/lazyfs/metrics"
 )
 
 // image is a pushed test image and what a pull client would label its
@@ -73,7 +74,12 @@ func pushImage(t *testing.T, reg *testutil.Registry, client *fetch.Client, repo 
 
 func newSnapshotter(t *testing.T, root string, client *fetch.Client, store *cache.Store, log *slog.Logger) *Snapshotter {
 	t.Helper()
-	sn, err := New(t.Context(), Config{Root: root, Client: client, Store: store, Logger: log})
+	return newSnapshotterWith(t, Config{Root: root, Client: client, Store: store, Logger: log})
+}
+
+func newSnapshotterWith(t *testing.T, cfg Config) *Snapshotter {
+	t.Helper()
+	sn, err := New(t.Context(), cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
@@ -169,7 +175,8 @@ func TestLazyLayersLifecycle(t *testing.T) {
 	pushed := len(reg.BlobGets(t)) // building the indexes read the layers
 	root := t.TempDir()
 	store := openStore(t, t.TempDir()) // no index locally: they come from the registry
-	sn := newSnapshotter(t, root, client, store, log)
+	mx := metrics.New()
+	sn := newSnapshotterWith(t, Config{Root: root, Client: client, Store: store, Logger: log, Metrics: mx})
 	ctx := t.Context()
 
 	for i := range img.Layers {
@@ -192,6 +199,9 @@ func TestLazyLayersLifecycle(t *testing.T) {
 	}
 	if n := rec.count("layer mounted lazily"); n != 2 {
 		t.Errorf("%d layers logged as mounted lazily, want 2", n)
+	}
+	if got := metricValue(t, mx, "lazyfs_mounts_active", ""); got != 2 {
+		t.Errorf("lazyfs_mounts_active after 2 lazy layers = %g, want 2", got)
 	}
 	// Another namespace pulling the same image finds the layers mounted.
 	if _, err := sn.Prepare(ctx, "other/1/extract-0", "", snapshots.WithLabels(img.labels(0))); !errdefs.IsAlreadyExists(err) {
@@ -219,6 +229,13 @@ func TestLazyLayersLifecycle(t *testing.T) {
 	testutil.PatternAt(3, 0, want)
 	if got := readFile(t, filepath.Join(rootfs, "big")); got != string(want) {
 		t.Errorf("big: %d bytes differ from the pattern", len(got))
+	}
+	repo, _ := repoOf(img.Ref)
+	if got := metricValue(t, mx, "lazyfs_registry_fetched_bytes_total", repo); got <= 0 {
+		t.Errorf("lazyfs_registry_fetched_bytes_total{image=%q} after reading a file = %g, want > 0", repo, got)
+	}
+	if got := metricValue(t, mx, "lazyfs_frame_fetch_duration_seconds", repo); got < 1 {
+		t.Errorf("lazyfs_frame_fetch_duration_seconds{image=%q} count = %g, want ≥ 1", repo, got)
 	}
 	if err := os.WriteFile(filepath.Join(rootfs, "etc/written"), []byte("w"), 0o644); err != nil {
 		t.Fatalf("write in the container's root: %v", err)
@@ -258,6 +275,9 @@ func TestLazyLayersLifecycle(t *testing.T) {
 		if mounted(t, sn.fsPath(id)) {
 			t.Errorf("layer %d still mounted after Close", i)
 		}
+	}
+	if got := metricValue(t, mx, "lazyfs_mounts_active", ""); got != 0 {
+		t.Errorf("lazyfs_mounts_active after Close = %g, want 0", got)
 	}
 	sn = newSnapshotter(t, root, client, store, log)
 	if n := rec.count("lazy layer mounted again"); n != 2 {
@@ -405,4 +425,40 @@ func TestLayerNotMountedAgainFailsLoudly(t *testing.T) {
 	if got := readFile(t, filepath.Join(rootfs, "etc/hostname")); got != "lazy\n" {
 		t.Errorf("etc/hostname = %q", got)
 	}
+}
+
+// metricValue returns a counter's or gauge's value, or a histogram's
+// count, from a scrape of mx; image "" matches a metric without labels.
+func metricValue(t *testing.T, mx *metrics.Registry, name, image string) float64 {
+	t.Helper()
+	mfs, err := mx.Gatherer().Gather()
+	if err != nil {
+		t.Fatalf("Gather: %v", err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			got := ""
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "image" {
+					got = l.GetValue()
+				}
+			}
+			if got != image {
+				continue
+			}
+			switch {
+			case m.Counter != nil:
+				return m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				return m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				return float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	t.Fatalf("no metric %s{image=%q} in the scrape", name, image)
+	return 0
 }

@@ -14,14 +14,18 @@ import (
 )
 
 func newMountCommand(g *cli.Globals) *cobra.Command {
-	var debug bool
+	var (
+		debug      bool
+		metricsAdr string
+	)
 	cmd := &cobra.Command{
 		Use:   "mount [--root DIR] [--insecure] REF MOUNTPOINT",
 		Short: "Mount an image read-only; file bytes are fetched when first read",
 		Long: `Mounts the merged layers of an image at MOUNTPOINT and serves it in the
 foreground. The mount is ready when MOUNTPOINT is a mount point. SIGINT or
 SIGTERM (or 'lazyfs umount MOUNTPOINT') unmounts it; on exit it reports the
-bytes and requests fetched and the cache hits.`,
+bytes and requests fetched and the cache hits. With --metrics-address it
+serves Prometheus metrics meanwhile (see docs/containerd.md, Metrics).`,
 		Args: cli.ExactArgs(2, "an image reference and a mount point"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -35,12 +39,19 @@ bytes and requests fetched and the cache hits.`,
 				return err
 			}
 			defer p.Close()
+			mx, stopMetrics, err := startMetrics(g, p, metricsAdr)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			img, err := p.Client.Resolve(ctx, ref)
 			if err != nil {
+				mx.MountFailed()
 				return err
 			}
 			ls, err := p.Resolver.Layers(ctx, img)
 			if err != nil {
+				mx.MountFailed()
 				return err
 			}
 			idxs := make([]*index.Index, len(ls))
@@ -51,14 +62,22 @@ bytes and requests fetched and the cache hits.`,
 			src := layers.NewSource(p.Client, img.Repo, p.Store, g.Log)
 			src.SetReadTimeout(g.ReadTimeout)
 			defer src.Close()
-			m, err := fusefs.MountLayers(dir, idxs, src, fusefs.Config{
+			cfg := fusefs.Config{
 				FSName: "lazyfs:" + ref,
 				Logger: g.Log,
 				Debug:  debug,
-			})
+			}
+			if mx != nil {
+				src.SetMetrics(mx.Image(img.Repo))
+				cfg.OnIOError = mx.ReadError
+			}
+			m, err := fusefs.MountLayers(dir, idxs, src, cfg)
 			if err != nil {
+				mx.MountFailed()
 				return err
 			}
+			mx.MountStarted()
+			defer mx.MountEnded()
 			g.Log.Info("mounted", "image", ref, "digest", img.Digest, "path", dir, "layers", len(ls), "dur", time.Since(start).Round(time.Millisecond))
 			done := make(chan struct{})
 			go func() { m.Wait(); close(done) }()
@@ -77,5 +96,6 @@ bytes and requests fetched and the cache hits.`,
 		},
 	}
 	cmd.Flags().BoolVar(&debug, "debug-fuse", false, "log every FUSE request")
+	addMetricsFlag(cmd, &metricsAdr)
 	return cmd
 }

@@ -20,8 +20,9 @@ const defaultSnapshotterSocket = "/run/lazyfs/snapshotter.sock"
 
 func newSnapshotterCommand(g *cli.Globals) *cobra.Command {
 	var (
-		address string
-		debug   bool
+		address    string
+		debug      bool
+		metricsAdr string
 	)
 	cmd := &cobra.Command{
 		Use:   "snapshotter [--root DIR] [--address SOCKET]",
@@ -33,7 +34,8 @@ lazily under ROOT/snapshotter/snapshots/ID/fs, and containerd downloads
 nothing of it; any other layer is unpacked by containerd as usual. One
 process and one cache under --root serve every layer of every image.
 SIGINT or SIGTERM stops it and unmounts the layers; on start it mounts the
-lazy layers it had committed again.`,
+lazy layers it had committed again. With --metrics-address it serves
+Prometheus metrics (see docs/containerd.md, Metrics).`,
 		Args: cli.ExactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -42,10 +44,15 @@ lazy layers it had committed again.`,
 				return err
 			}
 			defer p.Close()
+			mx, stopMetrics, err := startMetrics(g, p, metricsAdr)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			start := time.Now()
 			root := filepath.Join(g.Root, "snapshotter")
 			sn, err := snapshotter.New(ctx, snapshotter.Config{
-				Root: root, Client: p.Client, Store: p.Store, Logger: g.Log, FUSEDebug: debug,
+				Root: root, Client: p.Client, Store: p.Store, Logger: g.Log, FUSEDebug: debug, Metrics: mx,
 			})
 			if err != nil {
 				return err
@@ -66,6 +73,7 @@ lazy layers it had committed again.`,
 	}
 	cmd.Flags().StringVar(&address, "address", defaultSnapshotterSocket, "unix socket to serve containerd's snapshots API on")
 	cmd.Flags().BoolVar(&debug, "debug-fuse", false, "log every FUSE request")
+	addMetricsFlag(cmd, &metricsAdr)
 	return cmd
 }
 
