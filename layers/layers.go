@@ -120,7 +120,7 @@ func (r *Resolver) Layers(ctx context.Context, img *fetch.Image) ([]Layer, error
 	var remote map[digest.Digest]ocispec.Descriptor
 	missing := false
 	for i, d := range descs {
-		x, err := r.local(d.Digest)
+		x, err := r.LocalIndex(d.Digest)
 		if err != nil {
 			return nil, err
 		}
@@ -149,7 +149,7 @@ func (r *Resolver) Layers(ctx context.Context, img *fetch.Image) ([]Layer, error
 				err    error
 			)
 			if rd, ok := remote[d.Digest]; ok {
-				x, err = r.download(gctx, img, d, rd)
+				x, err = r.Download(gctx, img, d, rd)
 			} else {
 				origin = OriginBuilt
 				r.log.Info("no index for layer: building it by streaming the layer once", "layer", d.Digest, "len", d.Size)
@@ -214,7 +214,11 @@ func (r *Resolver) Push(ctx context.Context, img *fetch.Image, layers []Layer) (
 	return desc, nil
 }
 
-func (r *Resolver) local(layer digest.Digest) (*index.Index, error) {
+// LocalIndex returns layer's index from the local store, or nil if there
+// is none. A stored copy that does not decode or names another layer is
+// logged and reported as none: it is a cache miss, and the index can be
+// found again.
+func (r *Resolver) LocalIndex(layer digest.Digest) (*index.Index, error) {
 	data, err := r.cfg.Store.GetIndex(layer)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -269,7 +273,11 @@ func newest(refs []ocispec.Descriptor) ocispec.Descriptor {
 	return best
 }
 
-func (r *Resolver) download(ctx context.Context, img *fetch.Image, layer, blob ocispec.Descriptor) (*index.Index, error) {
+// Download fetches the index of layer from blob, a blob of img's index
+// artifact (see Lookup.Remote), checks that it describes layer (digest and
+// size), and keeps it in the local store (a failure to keep it is logged).
+// An index for another layer wraps index.ErrCorrupt.
+func (r *Resolver) Download(ctx context.Context, img *fetch.Image, layer, blob ocispec.Descriptor) (*index.Index, error) {
 	data, err := r.cfg.Client.ReadBlob(ctx, img.Repo, blob.Digest, maxIndexBytes)
 	if err != nil {
 		return nil, fmt.Errorf("fetch index of layer %s: %w", layer.Digest, err)
