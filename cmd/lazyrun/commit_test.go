@@ -54,7 +54,7 @@ func registryJSON(t *testing.T, reg *testutil.Registry, p string, v any) []byte 
 }
 
 func TestCommit(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireFUSE(t, "containers")
 	reg := testutil.StartRegistry(t)
 	base := testutil.BusyboxRoot(t)
 	for p, c := range map[string]string{
