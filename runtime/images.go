@@ -424,15 +424,7 @@ func (r *Runtime) layerCacheInfo(cacheDir string, d digest.Digest) *layerCacheIn
 		return lc
 	}
 	lc.indexed, lc.size = true, x.TarSize
-	for _, f := range x.Frames {
-		fp, err := cache.FramePath(cacheDir, f.Digest)
-		if err != nil {
-			continue
-		}
-		if fi, err := os.Lstat(fp); err == nil && fi.Mode().IsRegular() && fi.Size() == f.Size {
-			lc.cached += f.Size
-		}
-	}
+	lc.cached = cache.FramesPresent(cacheDir, x.Frames).Bytes
 	return lc
 }
 
