@@ -100,14 +100,24 @@ func (r *Resolver) Inspect(ctx context.Context, img *fetch.Image) ([]Lookup, err
 		if rd, ok := remote[d.Digest]; ok {
 			l.Remote = &rd
 		}
-		if strings.Contains(d.MediaType, "zstd") {
-			l.Lazy, l.WhyNot = false, "zstd layers are not seekable: the first read fetches the whole layer"
-		} else if !strings.Contains(d.MediaType, "tar") {
-			l.Lazy, l.WhyNot = false, "not a tar layer ("+d.MediaType+")"
+		if why := WhyNotLazy(d.MediaType); why != "" {
+			l.Lazy, l.WhyNot = false, why
 		}
 		out[i] = l
 	}
 	return out, nil
+}
+
+// WhyNotLazy says why a layer of this media type cannot be read lazily
+// even with an index, or "" if it can.
+func WhyNotLazy(mediaType string) string {
+	switch {
+	case strings.Contains(mediaType, "zstd"):
+		return "zstd layers are not seekable: the first read fetches the whole layer"
+	case !strings.Contains(mediaType, "tar"):
+		return "not a tar layer (" + mediaType + ")"
+	}
+	return ""
 }
 
 // Layers returns the index of every layer of img, bottom first, taking each
