@@ -131,7 +131,12 @@ func TestHistory(t *testing.T) {
 // and splits its lines into fields.
 func historyTable(t *testing.T, e *env, ref string, globals ...string) [][]string {
 	t.Helper()
-	out := e.mustRun(t, append(globals, "history", "--format", historyFields, ref)...)
+	args := append(globals, "history", "--format", historyFields, ref)
+	r := e.lazyrun(t, "", args...)
+	if r.code != 0 || strings.Contains(r.stderr, "level=WARN") || strings.Contains(r.stderr, "level=ERROR") {
+		t.Fatalf("lazyrun %s: exit %d, want 0 and no warnings\nstderr: %s", strings.Join(args, " "), r.code, r.stderr)
+	}
+	out := r.stdout
 	var rows [][]string
 	for line := range strings.Lines(out) {
 		rows = append(rows, strings.Split(strings.TrimSuffix(line, "\n"), "|"))
