@@ -28,6 +28,7 @@ var allowed = map[string][]string{
 	"internal/cli":           {"cache", "fetch", "layers"},
 	"internal/fsops":         nil,
 	"internal/testutil":      nil,
+	"internal/registrylog":   {},
 }
 
 func TestImportArrows(t *testing.T) {

@@ -1,23 +1,20 @@
 package bench
 
 import (
-	"bufio"
 	"cmp"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/lazyfs/lazyfs/internal/registrylog"
 )
 
 // RegistryBinary is Debian's docker-registry (distribution 2.8).
@@ -205,69 +202,32 @@ func settle(path string, quiet, max time.Duration) {
 	}
 }
 
-var (
-	blobURIRe   = regexp.MustCompile(`^/v2/(.+)/blobs/([a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+)$`)
-	readerMsgRe = regexp.MustCompile(`^filesystem\.Reader\(".*", (\d+)\)$`)
-)
-
-// parseRegistryLog reads docker-registry's JSON log: every "response
-// completed" line is a request; a blob GET's offset comes from the storage
-// driver's debug line filesystem.Reader(PATH, OFFSET) of the same request.
+// parseRegistryLog reads docker-registry's JSON log (registrylog.Parse)
+// into the traffic it served: every completed request counts; a blob GET's
+// range starts at the storage driver's offset for that request.
 func parseRegistryLog(rd io.Reader) (Traffic, error) {
 	t := Traffic{Blobs: map[string]int64{}, Ranges: map[string][][2]int64{}}
-	offsets := map[string]int64{} // request id → first offset read
-	sc := bufio.NewScanner(rd)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if len(line) == 0 || line[0] != '{' {
-			continue
-		}
-		var e struct {
-			Msg     string `json:"msg"`
-			ID      string `json:"http.request.id"`
-			Method  string `json:"http.request.method"`
-			URI     string `json:"http.request.uri"`
-			Status  int    `json:"http.response.status"`
-			Written int64  `json:"http.response.written"`
-		}
-		if json.Unmarshal(line, &e) != nil {
-			continue
-		}
-		if sm := readerMsgRe.FindStringSubmatch(e.Msg); sm != nil {
-			if _, seen := offsets[e.ID]; !seen {
-				off, _ := strconv.ParseInt(sm[1], 10, 64)
-				offsets[e.ID] = off
-			}
-			continue
-		}
-		if !strings.HasPrefix(e.Msg, "response completed") {
-			continue
-		}
+	reqs, err := registrylog.Parse(rd)
+	for _, q := range reqs {
 		t.Requests++
-		t.Bytes += e.Written
-		off, hasOff := offsets[e.ID]
-		delete(offsets, e.ID)
-		m := blobURIRe.FindStringSubmatch(e.URI)
-		if m == nil || e.Method != http.MethodGet || e.Written == 0 {
+		t.Bytes += q.Written
+		if q.Digest == "" || q.Method != http.MethodGet || q.Written == 0 {
 			continue
 		}
-		d := m[2]
-		t.Blobs[d] += e.Written
-		if !hasOff {
+		d := q.Digest.String()
+		t.Blobs[d] += q.Written
+		off := q.Offset
+		if off < 0 {
 			off = 0 // a whole-blob GET reads from 0 without a Reader line at debug level
 		}
 		// Adjacent gzip frames share the byte that holds the boundary:
 		// ranges are compared without their last byte, so that meeting
 		// at one byte is not counted as fetched twice.
-		rg := [2]int64{off, off + e.Written - 1}
+		rg := [2]int64{off, off + q.Written - 1}
 		t.Dup += overlap(t.Ranges[d], rg)
 		t.Ranges[d] = append(t.Ranges[d], rg)
 	}
-	if err := sc.Err(); err != nil && !errors.Is(err, bufio.ErrTooLong) {
-		return t, err
-	}
-	return t, nil
+	return t, err
 }
 
 // overlap returns how many bytes of rg the ranges in have cover (counted

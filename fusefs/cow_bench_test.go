@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lazyfs/lazyfs/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -35,7 +36,7 @@ func BenchmarkCowMetadata(b *testing.B) {
 		ro   bool
 	}{{"read-only", 0, true}, {"writable-nocache", -1, false}, {"writable-1s", time.Second, false}, {"writable-1h", time.Hour, false}} {
 		b.Run(mode.name, func(b *testing.B) {
-			requireFUSE(b)
+			testutil.RequireFUSE(b, "FUSE")
 			base := b.TempDir()
 			mnt, upper, work := filepath.Join(base, "mnt"), filepath.Join(base, "upper"), filepath.Join(base, "work")
 			for _, d := range []string{mnt, upper, work} {
@@ -89,7 +90,7 @@ func BenchmarkCowCopyUp(b *testing.B) {
 		entries = append(entries, tarFile{hdr: tar.Header{Name: fmt.Sprintf("f%d", i), Typeflag: tar.TypeReg, Mode: 0o644}, body: pseudoBytes(size, byte(i))})
 	}
 	idxs, src := buildIndexes(b, [][]byte{gzipBytes(b, makeTar(b, entries))}, 1<<20)
-	requireFUSE(b)
+	testutil.RequireFUSE(b, "FUSE")
 	b.SetBytes(size)
 	var mnt string
 	var m *Mount

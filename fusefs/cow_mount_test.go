@@ -53,7 +53,7 @@ type cowMount struct {
 // unless the test unmounts it first.
 func mountCow(t *testing.T, idxs []*index.Index, src FrameSource, upper string, cfg Config) *cowMount {
 	t.Helper()
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	base := t.TempDir()
 	c := &cowMount{dir: filepath.Join(base, "mnt"), upper: upper, work: filepath.Join(base, "work")}
 	if c.upper == "" {
@@ -140,7 +140,7 @@ const cowOps = 3000
 // tree, and so does a new writable mount of it, and of the upper directory
 // kernel overlayfs wrote.
 func TestCowMatchesOverlay(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	tars := fsops.LayerTars(t)
 	idxs, src := buildIndexes(t, tars, 64<<10)
 	for _, tc := range cowSeeds {
@@ -181,7 +181,7 @@ func TestCowMatchesOverlay(t *testing.T) {
 // test cannot see: inode identities across copy-up, descriptors opened
 // before a copy-up, and the upper directory's on-disk format.
 func TestCowSemantics(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	tars := fsops.LayerTars(t)
 	idxs, src := buildIndexes(t, tars, 64<<10)
 	c := mountCow(t, idxs, src, "", Config{WritableCacheTimeout: time.Hour})
@@ -310,7 +310,7 @@ var posixSkips = map[string]string{
 // (empty, so the test's first change copies it up and it becomes merged)
 // and in a new one.
 func TestCowPosix(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	names := slices.Sorted(maps.Keys(posixtest.All))
 	dirs := []tarFile{{hdr: tar.Header{Name: "posix/", Typeflag: tar.TypeDir, Mode: 0o755}}}
 	for _, name := range names {
@@ -341,7 +341,7 @@ func TestCowPosix(t *testing.T) {
 // with EIO and leaves nothing in the upper or work directory; the next
 // attempt works.
 func TestCowCopyUpFailure(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	layer := makeTar(t, []tarFile{
 		{hdr: tar.Header{Name: "d/", Typeflag: tar.TypeDir, Mode: 0o755}},
 		{hdr: tar.Header{Name: "d/f", Typeflag: tar.TypeReg, Mode: 0o644}, body: []byte("lower content")},
@@ -373,7 +373,7 @@ func TestCowCopyUpFailure(t *testing.T) {
 // TestCowConcurrentCopyUp: many writers of one lower file and readers of
 // its directory at once; the file is copied up once and every write lands.
 func TestCowConcurrentCopyUp(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	const writers, size = 8, 256 << 10
 	content := pseudoBytes(size, 7)
 	layer := makeTar(t, []tarFile{

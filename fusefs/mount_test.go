@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lazyfs/lazyfs/index"
+	"github.com/lazyfs/lazyfs/internal/testutil"
 )
 
 // memSource serves frames from blobs held in memory, verifying digests as
@@ -86,20 +87,6 @@ func gzipBytes(t testing.TB, b []byte) []byte {
 	return buf.Bytes()
 }
 
-// requireFUSE skips when FUSE cannot be mounted here, unless
-// LAZYFS_REQUIRE_FUSE=1 (CI) makes that a failure.
-func requireFUSE(t testing.TB) {
-	t.Helper()
-	_, err := os.Stat("/dev/fuse")
-	if err == nil && os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("LAZYFS_REQUIRE_FUSE") == "1" {
-		t.Fatalf("FUSE unusable (need root and /dev/fuse): %v", err)
-	}
-	t.Skipf("FUSE unusable (need root and /dev/fuse): %v", err)
-}
-
 func mountLayers(t *testing.T, blobs [][]byte, span int64) (string, *memSource) {
 	t.Helper()
 	return mountLayersWith(t, blobs, span, Config{})
@@ -108,7 +95,7 @@ func mountLayers(t *testing.T, blobs [][]byte, span int64) (string, *memSource) 
 // mountLayersWith is mountLayers with cfg (its Logger is the test's).
 func mountLayersWith(t *testing.T, blobs [][]byte, span int64, cfg Config) (string, *memSource) {
 	t.Helper()
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	src := &memSource{blobs: map[digest.Digest][]byte{}}
 	var idxs []*index.Index
 	for _, b := range blobs {

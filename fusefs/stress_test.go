@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lazyfs/lazyfs/internal/fsops"
+	"github.com/lazyfs/lazyfs/internal/testutil"
 )
 
 // stressSkips are filesystem stressors of stress-ng 0.15 that are not run on
@@ -24,7 +25,7 @@ var stressSkips = map[string]string{}
 // issue asks. A stressor that fails here but passes on the upper's own
 // file system is a lazyfs bug; one that fails on both is the machine's.
 func TestCowStressNG(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	if testing.Short() {
 		t.Skip("-short: stress-ng takes about a minute")
 	}

@@ -100,14 +100,24 @@ func (r *Resolver) Inspect(ctx context.Context, img *fetch.Image) ([]Lookup, err
 		if rd, ok := remote[d.Digest]; ok {
 			l.Remote = &rd
 		}
-		if strings.Contains(d.MediaType, "zstd") {
-			l.Lazy, l.WhyNot = false, "zstd layers are not seekable: the first read fetches the whole layer"
-		} else if !strings.Contains(d.MediaType, "tar") {
-			l.Lazy, l.WhyNot = false, "not a tar layer ("+d.MediaType+")"
+		if why := WhyNotLazy(d.MediaType); why != "" {
+			l.Lazy, l.WhyNot = false, why
 		}
 		out[i] = l
 	}
 	return out, nil
+}
+
+// WhyNotLazy says why a layer of this media type cannot be read lazily
+// even with an index, or "" if it can.
+func WhyNotLazy(mediaType string) string {
+	switch {
+	case strings.Contains(mediaType, "zstd"):
+		return "zstd layers are not seekable: the first read fetches the whole layer"
+	case !strings.Contains(mediaType, "tar"):
+		return "not a tar layer (" + mediaType + ")"
+	}
+	return ""
 }
 
 // Layers returns the index of every layer of img, bottom first, taking each
@@ -120,7 +130,7 @@ func (r *Resolver) Layers(ctx context.Context, img *fetch.Image) ([]Layer, error
 	var remote map[digest.Digest]ocispec.Descriptor
 	missing := false
 	for i, d := range descs {
-		x, err := r.local(d.Digest)
+		x, err := r.LocalIndex(d.Digest)
 		if err != nil {
 			return nil, err
 		}
@@ -149,7 +159,7 @@ func (r *Resolver) Layers(ctx context.Context, img *fetch.Image) ([]Layer, error
 				err    error
 			)
 			if rd, ok := remote[d.Digest]; ok {
-				x, err = r.download(gctx, img, d, rd)
+				x, err = r.Download(gctx, img, d, rd)
 			} else {
 				origin = OriginBuilt
 				r.log.Info("no index for layer: building it by streaming the layer once", "layer", d.Digest, "len", d.Size)
@@ -214,7 +224,11 @@ func (r *Resolver) Push(ctx context.Context, img *fetch.Image, layers []Layer) (
 	return desc, nil
 }
 
-func (r *Resolver) local(layer digest.Digest) (*index.Index, error) {
+// LocalIndex returns layer's index from the local store, or nil if there
+// is none. A stored copy that does not decode or names another layer is
+// logged and reported as none: it is a cache miss, and the index can be
+// found again.
+func (r *Resolver) LocalIndex(layer digest.Digest) (*index.Index, error) {
 	data, err := r.cfg.Store.GetIndex(layer)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -269,7 +283,11 @@ func newest(refs []ocispec.Descriptor) ocispec.Descriptor {
 	return best
 }
 
-func (r *Resolver) download(ctx context.Context, img *fetch.Image, layer, blob ocispec.Descriptor) (*index.Index, error) {
+// Download fetches the index of layer from blob, a blob of img's index
+// artifact (see Lookup.Remote), checks that it describes layer (digest and
+// size), and keeps it in the local store (a failure to keep it is logged).
+// An index for another layer wraps index.ErrCorrupt.
+func (r *Resolver) Download(ctx context.Context, img *fetch.Image, layer, blob ocispec.Descriptor) (*index.Index, error) {
 	data, err := r.cfg.Client.ReadBlob(ctx, img.Repo, blob.Digest, maxIndexBytes)
 	if err != nil {
 		return nil, fmt.Errorf("fetch index of layer %s: %w", layer.Digest, err)

@@ -243,22 +243,29 @@ func (r *Runtime) LocalImage(ref string) (*fetch.Image, *ImageRecord, error) {
 // not in the cache will then fail to read. A failure to record is logged,
 // not returned.
 func (r *Runtime) ResolveImage(ctx context.Context, ref string) (*fetch.Image, error) {
-	img, err := r.cfg.Client.Resolve(ctx, ref)
+	img, _, err := r.resolveImage(ctx, ref)
+	return img, err
+}
+
+// resolveImage is ResolveImage, also telling whether the image came from
+// the record because the registry did not answer.
+func (r *Runtime) resolveImage(ctx context.Context, ref string) (img *fetch.Image, recorded bool, err error) {
+	img, err = r.cfg.Client.Resolve(ctx, ref)
 	if err == nil {
 		if rerr := r.RecordImage(ref, img, false); rerr != nil {
 			r.log.Warn("cannot record image", "image", ref, "err", rerr)
 		}
-		return img, nil
+		return img, false, nil
 	}
 	if ctx.Err() != nil {
-		return nil, err
+		return nil, false, err
 	}
 	local, rec, lerr := r.LocalImage(ref)
 	if lerr != nil {
 		if !errors.Is(lerr, fs.ErrNotExist) {
 			r.log.Warn("local copy of image unusable", "image", ref, "err", lerr)
 		}
-		return nil, err
+		return nil, false, err
 	}
 	if rec.Pulled.IsZero() {
 		r.log.Warn("registry unreachable: using the image as last seen; it was never pulled, so files not in the cache will fail to read",
@@ -267,7 +274,7 @@ func (r *Runtime) ResolveImage(ctx context.Context, ref string) (*fetch.Image, e
 		r.log.Info("registry unreachable: using the pulled image", "image", ref, "digest", rec.Digest,
 			"pulled", rec.Pulled.Format(time.RFC3339), "err", err)
 	}
-	return local, nil
+	return local, true, nil
 }
 
 // PullOptions tune Pull and let the caller follow it.
@@ -424,15 +431,7 @@ func (r *Runtime) layerCacheInfo(cacheDir string, d digest.Digest) *layerCacheIn
 		return lc
 	}
 	lc.indexed, lc.size = true, x.TarSize
-	for _, f := range x.Frames {
-		fp, err := cache.FramePath(cacheDir, f.Digest)
-		if err != nil {
-			continue
-		}
-		if fi, err := os.Lstat(fp); err == nil && fi.Mode().IsRegular() && fi.Size() == f.Size {
-			lc.cached += f.Size
-		}
-	}
+	lc.cached = cache.FramesPresent(cacheDir, x.Frames).Bytes
 	return lc
 }
 

@@ -3,7 +3,6 @@ package snapshotter
 import (
 	"context"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -12,20 +11,6 @@ import (
 
 	"github.com/lazyfs/lazyfs/cache"
 )
-
-// requireFUSE skips when FUSE and overlayfs cannot be mounted here, unless
-// LAZYFS_REQUIRE_FUSE=1 (CI) makes that a failure.
-func requireFUSE(t *testing.T) {
-	t.Helper()
-	_, err := os.Stat("/dev/fuse")
-	if err == nil && os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("LAZYFS_REQUIRE_FUSE") == "1" {
-		t.Fatalf("FUSE unusable (need root and /dev/fuse): %v", err)
-	}
-	t.Skipf("FUSE unusable (need root and /dev/fuse): %v", err)
-}
 
 // logRecorder keeps every message logged; any Warn or worse fails the
 // test at cleanup.

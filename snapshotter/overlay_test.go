@@ -31,7 +31,7 @@ func (m memSource) Frame(ctx context.Context, x *index.Index, i int) ([]byte, er
 // snapshotter's mounts do, and compares the result with the layers
 // unpacked into a plain directory.
 func TestOverlayOfLazyLayersMatchesUnpack(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	log, _ := newLog(t)
 	mt := time.Unix(1700000100, 0)
 	l1 := testutil.Tar(t, []testutil.File{

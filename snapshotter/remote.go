@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,9 +19,6 @@ import (
 	"github.com/lazyfs/lazyfs/index"
 	"github.com/lazyfs/lazyfs/layers"
 )
-
-// maxIndexBytes bounds one downloaded layer index.
-const maxIndexBytes = 1 << 30
 
 // imageTTL is how long a finished image lookup (which layers have an index
 // where) is reused: the layers of one pull arrive one Prepare after the
@@ -181,38 +177,16 @@ func (s *Snapshotter) findIndex(ctx context.Context, want remoteLayer) (*index.I
 	case lk.Remote == nil:
 		return nil, fmt.Errorf("%w: no lazyfs index for it (publish one with `lazyfs index --push %s`)", errNotLazy, want.image())
 	}
-	data, err := s.cfg.Client.ReadBlob(ctx, c.img.Repo, lk.Remote.Digest, maxIndexBytes)
-	if err != nil {
-		return nil, fmt.Errorf("fetch index of layer %s: %w", want.layer, err)
-	}
-	if x, err = index.Decode(data); err != nil {
-		return nil, fmt.Errorf("index of layer %s (blob %s): %w", want.layer, lk.Remote.Digest, err)
-	}
-	if x.Layer != lk.Desc.Digest || x.BlobSize != lk.Desc.Size {
-		return nil, fmt.Errorf("index blob %s: %w: describes layer %s of %d bytes, want %s of %d",
-			lk.Remote.Digest, index.ErrCorrupt, x.Layer, x.BlobSize, lk.Desc.Digest, lk.Desc.Size)
-	}
-	if err := s.cfg.Store.PutIndex(want.layer, data); err != nil {
-		s.log.Warn("keep index locally", "layer", want.layer, "err", err)
-	}
-	return x, nil
+	return s.resolver.Download(ctx, c.img, lk.Desc, *lk.Remote)
 }
 
 // localIndex returns the stored index of a layer, nil if there is none
 // usable. A zstd layer is errNotLazy even with an index: its first read
 // fetches the whole blob.
 func (s *Snapshotter) localIndex(layer digest.Digest) (*index.Index, error) {
-	data, err := s.cfg.Store.GetIndex(layer)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read local index of layer %s: %w", layer, err)
-	}
-	x, err := index.Decode(data)
-	if err != nil || x.Layer != layer {
-		s.log.Info("local index unusable, finding it again", "layer", layer, "err", err)
-		return nil, nil
+	x, err := s.resolver.LocalIndex(layer)
+	if x == nil || err != nil {
+		return nil, err
 	}
 	if x.Format == index.FormatZstd {
 		return nil, fmt.Errorf("%w: zstd layers are not seekable: the first read would fetch the whole layer", errNotLazy)

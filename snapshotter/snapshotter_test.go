@@ -167,7 +167,7 @@ func wholeLayerGets(t *testing.T, reg *testutil.Registry, since int, imgs ...ima
 // ErrAlreadyExists), a container's writable root on top, a restart that
 // mounts the layers again, and removal that unmounts them.
 func TestLazyLayersLifecycle(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	log, rec := newLog(t)
 	reg := testutil.StartRegistry(t)
 	client := fetch.New(fetch.Config{Logger: log})
@@ -322,7 +322,7 @@ func TestLazyLayersLifecycle(t *testing.T) {
 // index, or a Prepare without the labels, is an ordinary snapshot that
 // containerd unpacks into and commits, and containers stack on it.
 func TestLayersWithoutIndexAreUnpacked(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	log, rec := newLog(t)
 	reg := testutil.StartRegistry(t)
 	client := fetch.New(fetch.Config{Logger: log})
@@ -385,7 +385,7 @@ func TestLayersWithoutIndexAreUnpacked(t *testing.T) {
 // of showing an empty directory. The next restart with the registry back
 // mounts the layer.
 func TestLayerNotMountedAgainFailsLoudly(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	log, rec := newLog(t)
 	reg := testutil.StartRegistry(t)
 	proxy := testutil.NewFaultProxy(t, reg.Addr)

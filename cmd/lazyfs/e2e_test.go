@@ -28,35 +28,7 @@ import (
 
 var lazyfsBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "lazyfs-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	lazyfsBin = filepath.Join(dir, "lazyfs")
-	build := exec.Command("go", "build", "-o", lazyfsBin, ".")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build lazyfs:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-func requireFUSE(t *testing.T) {
-	t.Helper()
-	_, err := os.Stat("/dev/fuse")
-	if err == nil && os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("LAZYFS_REQUIRE_FUSE") == "1" {
-		t.Fatalf("FUSE unusable (need root and /dev/fuse): %v", err)
-	}
-	t.Skipf("FUSE unusable (need root and /dev/fuse): %v", err)
-}
+func TestMain(m *testing.M) { os.Exit(testutil.RunWithBinary(m, "lazyfs", &lazyfsBin)) }
 
 // lazyfs runs one lazyfs command to completion.
 func lazyfs(t *testing.T, args ...string) (stdout, stderr string, err error) {
@@ -105,7 +77,7 @@ func isMountPoint(dir string) bool {
 // mount starts `lazyfs mount` and returns once dir is a mount point.
 func mount(t *testing.T, root, ref string, extra ...string) *mounted {
 	t.Helper()
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	dir := t.TempDir()
 	args := append([]string{"mount", "--root", root}, extra...)
 	cmd := exec.Command(lazyfsBin, append(args, ref, dir)...)
@@ -261,7 +233,7 @@ func gnuSparseLayers(t *testing.T) []testutil.Layer {
 }
 
 func TestMountMatchesReferenceUnpack(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	reg := testutil.StartRegistry(t)
 	for name, layers := range differentialImages(t) {
 		t.Run(name, func(t *testing.T) {
@@ -301,7 +273,7 @@ func pushLargeImage(t *testing.T) (ref string, proxy *testutil.FaultProxy, small
 }
 
 func TestSmallReadFetchesLittle(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	ref, proxy, small := pushLargeImage(t)
 	root := t.TempDir()
 	mustLazyfs(t, "index", "--push", "--root", t.TempDir(), ref)
@@ -332,7 +304,7 @@ func TestSmallReadFetchesLittle(t *testing.T) {
 }
 
 func TestRegistryFaults(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	ref, proxy, _ := pushLargeImage(t)
 	mustLazyfs(t, "index", "--push", "--root", t.TempDir(), ref)
 	wantBig := make([]byte, 32<<20)
@@ -450,7 +422,7 @@ func TestUsageErrors(t *testing.T) {
 // TestMountLargeImage is the differential test at size: one layer with a
 // 1 GiB file, another with 50 000 small files in 500 directories.
 func TestMountLargeImage(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	if testing.Short() {
 		t.Skip("-short: skips the 1 GiB layer")
 	}

@@ -176,7 +176,7 @@ func mountFlags(t *testing.T, dir string) string {
 }
 
 func TestHostileImageMount(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	reg := testutil.StartRegistry(t)
 	passwd := "root:x:0:0:root:/root:/bin/sh\n"
 	deep := strings.Repeat("d/", 2100) + "deep" // 4204 bytes: past PATH_MAX
@@ -446,7 +446,7 @@ func TestHostileLayersRefused(t *testing.T) {
 		})
 	}
 	t.Run("mount refuses too", func(t *testing.T) {
-		requireFUSE(t)
+		testutil.RequireFUSE(t, "FUSE")
 		ref := pushLayers(t, reg.Addr, "hostile/refused-mount:v1", tarOf(t, file(strings.Repeat("n", 300), "x")))
 		dir := t.TempDir()
 		_, stderr, err := lazyfs(t, "mount", "--root", t.TempDir(), ref, dir)
@@ -525,7 +525,7 @@ func figures(t *testing.T, what, ref string) *mounted {
 
 // TestHostileTarBomb mounts a layer of 10⁶ empty files in 1000 directories.
 func TestHostileTarBomb(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	if testing.Short() {
 		t.Skip("-short: skips the layer of a million entries")
 	}
@@ -567,7 +567,7 @@ func TestHostileTarBomb(t *testing.T) {
 // TestHostileSparseTerabyte mounts a GNU sparse file (PAX 1.0) that claims
 // 1 TiB with 26 bytes of data in the middle.
 func TestHostileSparseTerabyte(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	const size, at = 1 << 40, 1 << 39
 	data := []byte("the only data, at 512 GiB\n")
 	smap := padded(fmt.Appendf(nil, "1\n%d\n%d\n", at, len(data)))
@@ -612,7 +612,7 @@ func TestHostileSparseTerabyte(t *testing.T) {
 // TestHostileGzipBomb indexes and reads a layer of one file of zeros that
 // gzip compresses about 1030:1: 10 GiB in 10 MB (1 GiB with -short).
 func TestHostileGzipBomb(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	size := int64(10 << 30)
 	if testing.Short() {
 		size = 1 << 30
@@ -662,7 +662,7 @@ func (zeroReader) Read(p []byte) (int, error) {
 // with A's layer digest and size (its frames do not match A's bytes, so
 // every read of content is EIO, never another layer's bytes).
 func TestHostileIndexArtifact(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	reg := testutil.StartRegistry(t)
 	content := func(who string) []byte { return bytes.Repeat([]byte(who), 4096) } // same length for both
 	// Uncompressed layers of the same length, so that B's frames fit A's blob.

@@ -78,7 +78,7 @@ func (m *mounted) metricsURL(t *testing.T) string {
 // TestMountMetrics reads through a mount and checks its /metrics against
 // what the registry (a counting proxy) saw.
 func TestMountMetrics(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	reg := testutil.StartRegistry(t)
 	small := []byte("a small file\n")
 	layer := testutil.WriteLayer(t, []testutil.File{

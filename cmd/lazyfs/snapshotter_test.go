@@ -191,7 +191,7 @@ func lazyMounts(t *testing.T, dir string) []string {
 // download no layer blob: the layer is mounted lazily and read with Range
 // requests.
 func TestContainerdRunsLazyImage(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t, "FUSE")
 	start := time.Now()
 	reg := testutil.StartRegistry(t)
 	layer := testutil.WriteLayerDir(t, testutil.BusyboxRoot(t), types.OCILayer)

@@ -61,7 +61,7 @@ func TestCommit(t *testing.T) {
 }
 
 func testCommit(t *testing.T, cow string) {
-	requireRoot(t)
+	testutil.RequireFUSE(t, "containers")
 	reg := testutil.StartRegistry(t)
 	base := testutil.BusyboxRoot(t)
 	for p, c := range map[string]string{

@@ -63,7 +63,7 @@ func pushIndexes(t *testing.T, ref string) {
 // debootstrap and the Debian mirror the first time (testutil.DebianRoot);
 // without them it skips, unless LAZYFS_REQUIRE_DEBIAN=1.
 func TestRunDebianPython(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireFUSE(t, "containers")
 	layers := testutil.DebianLayers(t, "python3")
 	reg := testutil.StartRegistry(t)
 	img := testutil.PushImageInfo(t, reg.Addr, "debian/python3", layers, testutil.ImageConfig{

@@ -30,35 +30,7 @@ import (
 
 var lazyrunBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "lazyrun-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	lazyrunBin = filepath.Join(dir, "lazyrun")
-	build := exec.Command("go", "build", "-o", lazyrunBin, ".")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build lazyrun:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	_, err := os.Stat("/dev/fuse")
-	if err == nil && os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("LAZYFS_REQUIRE_FUSE") == "1" {
-		t.Fatalf("containers need root and /dev/fuse: %v", err)
-	}
-	t.Skipf("containers need root and /dev/fuse: %v", err)
-}
+func TestMain(m *testing.M) { os.Exit(testutil.RunWithBinary(m, "lazyrun", &lazyrunBin)) }
 
 // env is a registry with a busybox image and a lazyrun root.
 type env struct {
@@ -68,7 +40,7 @@ type env struct {
 
 func newEnv(t *testing.T, cfg v1.Config) *env {
 	t.Helper()
-	requireRoot(t)
+	testutil.RequireFUSE(t, "containers")
 	reg := testutil.StartRegistry(t)
 	layer := testutil.WriteLayerDir(t, testutil.BusyboxRoot(t), types.OCILayer)
 	ref, _ := testutil.PushImage(t, reg.Addr, "busybox", []testutil.Layer{layer}, testutil.ImageConfig{Config: cfg})

@@ -22,7 +22,7 @@ import (
 // succeeds in the same mount, and a container blocked on such a read still
 // stops.
 func TestRegistryGoneMidRun(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireFUSE(t, "containers")
 	reg := testutil.StartRegistry(t)
 	// Files in layers of their own: reading one never reads ahead into
 	// another.

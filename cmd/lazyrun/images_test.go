@@ -22,7 +22,7 @@ import (
 // layer of larger files spread over many frames), stops the registry, and
 // runs a container that reads every file of the image and checksums it.
 func TestPullThenRunWithoutRegistry(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireFUSE(t, "containers")
 	reg := testutil.StartRegistry(t)
 	extra := t.TempDir()
 	for name, size := range map[string]int64{"data/big": 6 << 20, "data/mid": 700 << 10, "data/small": 3} {

@@ -99,6 +99,7 @@ func newRootCommand(stdin io.Reader, stdout, stderr io.Writer, code *exitCoder) 
 		newSuperviseCommand(g, code),
 		newPullCommand(g),
 		newImagesCommand(g),
+		newHistoryCommand(g),
 		newCommitCommand(g),
 	)
 	return root

@@ -20,7 +20,7 @@ import (
 // exec ps aux, the request in logs, stop within the timeout, start, rm, and
 // nothing left behind.
 func TestNginxWalkThrough(t *testing.T) {
-	requireRoot(t)
+	testutil.RequireFUSE(t, "containers")
 	layers := testutil.DebianLayers(t, "nginx", "procps")
 	// As the official image: the logs go to the container's output.
 	logs := t.TempDir()

@@ -57,6 +57,10 @@ type ImageConfig struct {
 	// Config is what a runtime reads: Env, Entrypoint, Cmd, WorkingDir,
 	// User, Labels, ExposedPorts, Volumes, StopSignal, …
 	Config v1.Config
+	// History, if set, is the config's history as it is (docker maps its
+	// entries that are not EmptyLayer to the layers in order); nil means
+	// one entry per layer, "testutil layer N", created at Created.
+	History []v1.History
 	// DockerSchema2 pushes a Docker schema 2 manifest
 	// (application/vnd.docker.distribution.manifest.v2+json) with a Docker
 	// config media type instead of an OCI manifest.
@@ -279,6 +283,9 @@ func (c *pusher) pushImage(t testing.TB, layers []Layer, cfg ImageConfig, tag st
 		cf.RootFS.DiffIDs = append(cf.RootFS.DiffIDs, mustHash(l.DiffID))
 		cf.History = append(cf.History, v1.History{Created: cf.Created, CreatedBy: fmt.Sprintf("testutil layer %d", i)})
 		out.DiffIDs = append(out.DiffIDs, l.DiffID)
+	}
+	if cfg.History != nil {
+		cf.History = cfg.History
 	}
 	cfgBody, err := json.Marshal(cf)
 	if err != nil {

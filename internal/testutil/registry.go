@@ -1,22 +1,18 @@
 package testutil
 
 import (
-	"bufio"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/lazyfs/lazyfs/internal/registrylog"
 )
 
 // RegistryBinary is Debian's docker-registry (distribution 2.8).
@@ -179,11 +175,6 @@ type BlobRequest struct {
 	Offset int64
 }
 
-var (
-	blobURIRe   = regexp.MustCompile(`^/v2/(.+)/blobs/([a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+)$`)
-	readerMsgRe = regexp.MustCompile(`^filesystem\.Reader\(".*", (\d+)\)$`)
-)
-
 // BlobGets parses the registry's log for the GET and HEAD requests of
 // /v2/<repo>/blobs/<digest> completed so far, in the order they completed.
 //
@@ -199,56 +190,27 @@ func (r *Registry) BlobGets(t testing.TB) []BlobRequest {
 		t.Fatalf("BlobGets: %v", err)
 	}
 	defer f.Close()
-	offsets := map[string]int64{} // request id → first reader offset
+	reqs, err := registrylog.Parse(f)
+	if err != nil {
+		t.Fatalf("BlobGets: read %s: %v", r.LogPath, err)
+	}
 	var out []BlobRequest
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if len(line) == 0 || line[0] != '{' {
-			continue // access log line or partial line
-		}
-		var e struct {
-			Msg     string `json:"msg"`
-			ID      string `json:"http.request.id"`
-			Method  string `json:"http.request.method"`
-			URI     string `json:"http.request.uri"`
-			Status  int    `json:"http.response.status"`
-			Written int64  `json:"http.response.written"`
-		}
-		if json.Unmarshal(line, &e) != nil {
+	for _, q := range reqs {
+		if q.Digest == "" || (q.Method != http.MethodGet && q.Method != http.MethodHead) {
 			continue
 		}
-		m := blobURIRe.FindStringSubmatch(e.URI)
-		if m == nil || (e.Method != http.MethodGet && e.Method != http.MethodHead) {
-			continue
-		}
-		if sm := readerMsgRe.FindStringSubmatch(e.Msg); sm != nil {
-			if _, seen := offsets[e.ID]; !seen {
-				off, _ := strconv.ParseInt(sm[1], 10, 64)
-				offsets[e.ID] = off
-			}
-			continue
-		}
-		if !strings.HasPrefix(e.Msg, "response completed") {
-			continue
-		}
-		off, ok := offsets[e.ID]
-		if !ok || e.Method == http.MethodHead {
+		off := q.Offset
+		if q.Method == http.MethodHead {
 			off = -1
 		}
-		delete(offsets, e.ID)
 		out = append(out, BlobRequest{
-			Method:  e.Method,
-			Repo:    m[1],
-			Digest:  digest.Digest(m[2]),
-			Status:  e.Status,
-			Written: e.Written,
+			Method:  q.Method,
+			Repo:    q.Repo,
+			Digest:  q.Digest,
+			Status:  q.Status,
+			Written: q.Written,
 			Offset:  off,
 		})
-	}
-	if err := sc.Err(); err != nil && !errors.Is(err, bufio.ErrTooLong) {
-		t.Fatalf("BlobGets: read %s: %v", r.LogPath, err)
 	}
 	return out
 }
