@@ -33,6 +33,17 @@ func containerMounts(p *rootfsPlan, proc *spec.Process) (binds []bindMount, anon
 	newVolume := func(name, target string, noCopy bool) (string, error) {
 		dir := volumeDir(p.Volumes, name)
 		_, statErr := os.Stat(dir)
+		// A volume holds copies of the image's setuid files and devices:
+		// only root may reach it from the host (the container reaches it
+		// through its bind mount). Docker relies on its root being 0710.
+		for _, d := range []string{p.Volumes, filepath.Dir(dir)} {
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				return "", fmt.Errorf("volume %s: %w", name, err)
+			}
+			if err := os.Chmod(d, 0o700); err != nil {
+				return "", fmt.Errorf("volume %s: %w", name, err)
+			}
+		}
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return "", fmt.Errorf("volume %s: %w", name, err)
 		}
