@@ -2,12 +2,9 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 )
@@ -441,43 +437,10 @@ func waitExit(t *testing.T, pidfd int) {
 func TestExecTerminal(t *testing.T) {
 	e := newEnv(t, v1.Config{})
 	e.runDetached(t, "--name", "box", e.ref, "sh", "-c", loopScript)
-	ptmx, tty, err := pty.Open()
-	if err != nil {
-		t.Fatal(err)
+	code, got := onTerminal(t, "tty; stty size; exit 6\n", "--root", e.root, "exec", "-it", "box", "sh")
+	if code != 6 {
+		t.Errorf("lazyrun exec -it sh with exit 6: exit %d", code)
 	}
-	defer ptmx.Close()
-	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 33, Cols: 101}); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(lazyrunBin, "--root", e.root, "exec", "-it", "box", "sh")
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	tty.Close()
-	if _, err := ptmx.WriteString("tty; stty size; exit 6\n"); err != nil {
-		t.Fatal(err)
-	}
-	out := make(chan string, 1)
-	go func() {
-		var b bytes.Buffer
-		io.Copy(&b, ptmx) // ends with EIO once lazyrun is gone
-		out <- b.String()
-	}()
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
-	select {
-	case err = <-waited:
-	case <-time.After(time.Minute):
-		cmd.Process.Kill()
-		t.Fatal("lazyrun exec -it did not exit")
-	}
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 6 {
-		t.Errorf("lazyrun exec -it sh with exit 6: %v", err)
-	}
-	got := <-out
 	for _, want := range []string{"/dev/pts/0", "33 101"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("terminal output lacks %q:\n%q", want, got)

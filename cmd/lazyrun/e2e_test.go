@@ -369,6 +369,25 @@ func TestRunSignalStopsContainer(t *testing.T) {
 // docker's `tty` says /dev/pts/0).
 func TestRunTerminal(t *testing.T) {
 	e := newEnv(t, v1.Config{})
+	code, got := onTerminal(t, "tty; stty size; exit 5\n", "--root", e.root, "run", "--rm", "-it", e.ref, "sh")
+	if code != 5 {
+		t.Errorf("lazyrun run -it sh with exit 5: exit %d", code)
+	}
+	if strings.Contains(got, "not a tty") {
+		t.Errorf("the container has no terminal:\n%q", got)
+	}
+	for _, want := range []string{"/dev/console", "33 101"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("terminal output lacks %q:\n%q", want, got)
+		}
+	}
+}
+
+// onTerminal runs lazyrun with args on a new 33x101 terminal (its
+// controlling terminal, in a session of its own), types input, and returns
+// its exit code and all the terminal showed.
+func onTerminal(t *testing.T, input string, args ...string) (int, string) {
+	t.Helper()
 	ptmx, tty, err := pty.Open()
 	if err != nil {
 		t.Fatal(err)
@@ -377,14 +396,14 @@ func TestRunTerminal(t *testing.T) {
 	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 33, Cols: 101}); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(lazyrunBin, "--root", e.root, "run", "--rm", "-it", e.ref, "sh")
+	cmd := exec.Command(lazyrunBin, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = tty, tty, tty
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	tty.Close()
-	if _, err := ptmx.WriteString("tty; stty size; exit 5\n"); err != nil {
+	if _, err := ptmx.WriteString(input); err != nil {
 		t.Fatal(err)
 	}
 	out := make(chan string, 1)
@@ -399,21 +418,13 @@ func TestRunTerminal(t *testing.T) {
 	case err = <-waited:
 	case <-time.After(time.Minute):
 		cmd.Process.Kill()
-		t.Fatal("lazyrun -it did not exit")
+		t.Fatalf("lazyrun %s did not exit", strings.Join(args, " "))
 	}
 	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 5 {
-		t.Errorf("lazyrun run -it sh with exit 5: %v", err)
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatal(err)
 	}
-	got := <-out
-	if strings.Contains(got, "not a tty") {
-		t.Errorf("the container has no terminal:\n%q", got)
-	}
-	for _, want := range []string{"/dev/console", "33 101"} {
-		if !strings.Contains(got, want) {
-			t.Errorf("terminal output lacks %q:\n%q", want, got)
-		}
-	}
+	return cmd.ProcessState.ExitCode(), <-out
 }
 
 // debugSupervisors shows, for each container whose supervisor still runs,
