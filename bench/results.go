@@ -19,6 +19,7 @@ type Results struct {
 	Workloads         []*WorkloadResult
 	Scale             []*ScaleResult
 	Sharing           []*SharingResult
+	FS                *FSResults `json:",omitempty"` // the file-system section (fs.go)
 	Notes             []string
 }
 
@@ -30,6 +31,7 @@ type Settings struct {
 	Modes        []string
 	Scale        []int
 	LoopFS       bool          // each cold run on a fresh loop-mounted ext4
+	FS           bool          // the file-system section ran
 	Registry     string        // the address clients use (the delaying proxy)
 	MeasuredGet  time.Duration // median GET /v2/ on a new connection (≈ 2×RTT)
 	MeasuredMbps float64       // one 50 MB blob GET
@@ -239,6 +241,9 @@ func (res *Results) Markdown() string {
 		}
 		b.WriteString("\nThe shared layer must never be fetched twice: the bytes image A fetched of it must not be fetched again for B. " +
 			"Lazily, B may still need other parts of it (files A did not read).\n\n")
+	}
+	if res.FS != nil {
+		res.FS.markdown(&b, res.Settings.Runs)
 	}
 	if len(res.Notes) > 0 {
 		b.WriteString("## Notes\n\n")
