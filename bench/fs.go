@@ -381,7 +381,7 @@ func (fr *FSResults) markdown(b *strings.Builder, runs int) {
 			sts[mr.Mode] = summarizeFS(mr.Samples)
 		}
 		nat := sts[FSNative]
-		cells := []string{or.Title}
+		cells := []string{strings.ReplaceAll(or.Title, "|", `\|`)}
 		for _, m := range FSModes {
 			cells = append(cells, fr.fsCell(or.Op, sts[m]))
 		}
