@@ -175,6 +175,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	}
 	r.res = &Results{Started: time.Now(), Settings: Settings{Rate: cfg.Rate, RTT: cfg.RTT, Runs: cfg.Runs,
 		Modes: cfg.Modes, Scale: cfg.Scale, LoopFS: cfg.LoopSize > 0, FS: cfg.FS}}
+	if cfg.FSOnly {
+		r.res.Settings.Modes = nil // no workloads: no start-up modes measured
+	}
 	r.res.Machine = machineInfo(ctx, cfg.BinDir)
 
 	// Leftovers of a killed run: mounts under the work directory.

@@ -206,9 +206,11 @@ func (res *Results) Markdown() string {
 	fmt.Fprintf(&b, "Link: %s, RTT %v (asked); measured: GET /v2/ on a new connection %v (≈ 2×RTT), one %s blob at %.1f Mbit/s. ",
 		rateString(set.Rate), set.RTT, set.MeasuredGet.Round(100*time.Microsecond), "50 MB", set.MeasuredMbps)
 	fmt.Fprintf(&b, "Medians of %d runs (min–max). Machine and settings: machine.txt; raw samples: results.json.\n\n", set.Runs)
-	b.WriteString("Wall time is from the client's start to the command's exit (for the full pulls: pull + run). " +
-		"Fetched is the body bytes the registry served (manifests, configs, lazyfs indexes, layer bytes; the notes split layer bytes from the rest), requests every HTTP request it answered. " +
-		"\"vs full pull\" is the wall time against lazyrun's full pull + run of the same run.\n\n")
+	if len(res.Workloads) > 0 {
+		b.WriteString("Wall time is from the client's start to the command's exit (for the full pulls: pull + run). " +
+			"Fetched is the body bytes the registry served (manifests, configs, lazyfs indexes, layer bytes; the notes split layer bytes from the rest), requests every HTTP request it answered. " +
+			"\"vs full pull\" is the wall time against lazyrun's full pull + run of the same run.\n\n")
+	}
 	for _, wr := range res.Workloads {
 		res.workloadMarkdown(&b, wr)
 	}
