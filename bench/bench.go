@@ -38,7 +38,18 @@ type Config struct {
 	BinDir        string        // holds the lazyrun and lazyfs binaries to measure
 	Timeout       time.Duration // limit of one command; 0 = 10 minutes
 	LoopSize      int64         // bytes of each fresh ext4 image; 0 = 16 GiB (sparse); -1 = no loop file systems
-	Log           io.Writer     // progress; nil = os.Stderr
+	// FS runs the file-system section (fs.go): file-system speed on a
+	// warm cache, --cow=overlay and --cow=fuse against native. It needs
+	// fsprobe in BinDir.
+	FS bool
+	// FSOnly runs the file-system section alone: no workloads, scale or
+	// sharing (FS is implied).
+	FSOnly bool
+	// FSKeepPageCache skips the sync and drop_caches before each
+	// file-system measurement: the runs then see the page cache as the
+	// previous ones left it.
+	FSKeepPageCache bool
+	Log             io.Writer // progress; nil = os.Stderr
 }
 
 // The modes measured per workload, in table order.
@@ -84,6 +95,8 @@ type runner struct {
 	podmanPolicy string
 
 	recorded map[string]bool // workloads whose prefetch profile was recorded
+
+	fsData *fsData // the file-system section's data, when it runs
 }
 
 func (r *runner) logf(format string, args ...any) {
@@ -124,6 +137,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if len(cfg.Modes) == 0 {
 		cfg.Modes = Modes
 	}
+	if cfg.FSOnly {
+		cfg.FS, cfg.Workloads, cfg.Scale, cfg.Sharing = true, nil, nil, false
+	}
 	for _, m := range cfg.Modes {
 		if !slices.Contains(Modes, m) {
 			return nil, fmt.Errorf("mode %q: not one of %s", m, strings.Join(Modes, ", "))
@@ -142,7 +158,14 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, p := range []string{"lazyrun", "lazyfs"} {
+	if cfg.FSOnly {
+		ws = nil
+	}
+	bins := []string{"lazyrun", "lazyfs"}
+	if cfg.FS {
+		bins = append(bins, "fsprobe")
+	}
+	for _, p := range bins {
 		if _, err := os.Stat(filepath.Join(cfg.BinDir, p)); err != nil {
 			return nil, fmt.Errorf("binaries: %w", err)
 		}
@@ -151,7 +174,10 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 		return nil, err
 	}
 	r.res = &Results{Started: time.Now(), Settings: Settings{Rate: cfg.Rate, RTT: cfg.RTT, Runs: cfg.Runs,
-		Modes: cfg.Modes, Scale: cfg.Scale, LoopFS: cfg.LoopSize > 0}}
+		Modes: cfg.Modes, Scale: cfg.Scale, LoopFS: cfg.LoopSize > 0, FS: cfg.FS}}
+	if cfg.FSOnly {
+		r.res.Settings.Modes = nil // no workloads: no start-up modes measured
+	}
 	r.res.Machine = machineInfo(ctx, cfg.BinDir)
 
 	// Leftovers of a killed run: mounts under the work directory.
@@ -178,6 +204,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	defer r.closeNet()
 
 	r.measureAll(ctx, ws)
+	if cfg.FS && ctx.Err() == nil {
+		r.measureFS(ctx)
+	}
 	r.res.Finished = time.Now()
 	r.res.Machine.LoadEnd = loadavg()
 	if err := ctx.Err(); err != nil {
@@ -220,6 +249,12 @@ func (r *runner) setup(ctx context.Context, ws []Workload) error {
 				return err
 			}
 			names = append(names, w[0].Image)
+		}
+	}
+	if r.cfg.FS {
+		r.logf("image %s: minbase and the file-system data layer", fsImage)
+		if err := r.setupFS(ctx); err != nil {
+			return err
 		}
 	}
 	for _, n := range names {
@@ -284,7 +319,9 @@ func (r *runner) setup(ctx context.Context, ws []Workload) error {
 	r.logf("link: rate %s, RTT %v; measured: GET /v2/ on a new connection %v (≈ 2×RTT), %s GET at %.1f Mbit/s",
 		rateString(r.cfg.Rate), r.cfg.RTT, r.res.Settings.MeasuredGet.Round(100*time.Microsecond),
 		mb(int64(len(probeBlob))), r.res.Settings.MeasuredMbps)
-	r.setupPodman(ctx)
+	if len(ws) > 0 {
+		r.setupPodman(ctx)
+	}
 	return nil
 }
 

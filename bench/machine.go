@@ -89,6 +89,9 @@ func (res *Results) machineText() string {
 	fmt.Fprintf(&b, "measured     GET /v2/ on a new connection: %v (≈ 2×RTT); 50 MB blob GET: %.1f Mbit/s\n", s.MeasuredGet, s.MeasuredMbps)
 	fmt.Fprintf(&b, "registry at  %s (the proxy)\nruns         %d per measurement (medians reported)\nmodes        %s\n", s.Registry, s.Runs, strings.Join(s.Modes, ", "))
 	fmt.Fprintf(&b, "scale        %v\nstorage      %s\n", s.Scale, map[bool]string{true: "a fresh ext4 on a loop device per cold run", false: "the work directory's file system"}[s.LoopFS])
+	if s.FS {
+		b.WriteString("file system  section run: lazyfs root, native upper and test cache on the work directory's file system (no loop devices)\n")
+	}
 	b.WriteString("\nimages (Debian bookworm minbase + packages; layer 0 is the same blob in all):\n")
 	for _, im := range res.Images {
 		fmt.Fprintf(&b, "  %-8s %s %s packages=%v files=%d content=%s\n", im.Name, im.Ref, im.Digest, im.Packages, im.Files, mb(im.Content))

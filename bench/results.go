@@ -19,6 +19,7 @@ type Results struct {
 	Workloads         []*WorkloadResult
 	Scale             []*ScaleResult
 	Sharing           []*SharingResult
+	FS                *FSResults `json:",omitempty"` // the file-system section (fs.go)
 	Notes             []string
 }
 
@@ -30,6 +31,7 @@ type Settings struct {
 	Modes        []string
 	Scale        []int
 	LoopFS       bool          // each cold run on a fresh loop-mounted ext4
+	FS           bool          // the file-system section ran
 	Registry     string        // the address clients use (the delaying proxy)
 	MeasuredGet  time.Duration // median GET /v2/ on a new connection (≈ 2×RTT)
 	MeasuredMbps float64       // one 50 MB blob GET
@@ -204,9 +206,11 @@ func (res *Results) Markdown() string {
 	fmt.Fprintf(&b, "Link: %s, RTT %v (asked); measured: GET /v2/ on a new connection %v (≈ 2×RTT), one %s blob at %.1f Mbit/s. ",
 		rateString(set.Rate), set.RTT, set.MeasuredGet.Round(100*time.Microsecond), "50 MB", set.MeasuredMbps)
 	fmt.Fprintf(&b, "Medians of %d runs (min–max). Machine and settings: machine.txt; raw samples: results.json.\n\n", set.Runs)
-	b.WriteString("Wall time is from the client's start to the command's exit (for the full pulls: pull + run). " +
-		"Fetched is the body bytes the registry served (manifests, configs, lazyfs indexes, layer bytes; the notes split layer bytes from the rest), requests every HTTP request it answered. " +
-		"\"vs full pull\" is the wall time against lazyrun's full pull + run of the same run.\n\n")
+	if len(res.Workloads) > 0 {
+		b.WriteString("Wall time is from the client's start to the command's exit (for the full pulls: pull + run). " +
+			"Fetched is the body bytes the registry served (manifests, configs, lazyfs indexes, layer bytes; the notes split layer bytes from the rest), requests every HTTP request it answered. " +
+			"\"vs full pull\" is the wall time against lazyrun's full pull + run of the same run.\n\n")
+	}
 	for _, wr := range res.Workloads {
 		res.workloadMarkdown(&b, wr)
 	}
@@ -239,6 +243,9 @@ func (res *Results) Markdown() string {
 		}
 		b.WriteString("\nThe shared layer must never be fetched twice: the bytes image A fetched of it must not be fetched again for B. " +
 			"Lazily, B may still need other parts of it (files A did not read).\n\n")
+	}
+	if res.FS != nil {
+		res.FS.markdown(&b, res.Settings.Runs)
 	}
 	if len(res.Notes) > 0 {
 		b.WriteString("## Notes\n\n")

@@ -40,6 +40,8 @@ export PATH=$PATH:/usr/sbin:/sbin
 
 bin=$(mktemp -d /tmp/lazybench-bin.XXXXXX)
 trap 'rm -rf "$bin"' EXIT
-log "building lazybench, lazyrun and lazyfs"
+log "building lazybench, lazyrun, lazyfs and fsprobe"
 go build -o "$bin/" ./bench/cmd/lazybench ./cmd/lazyrun ./cmd/lazyfs
+# fsprobe runs inside the containers of the file-system section: static.
+CGO_ENABLED=0 go build -o "$bin/" ./bench/cmd/fsprobe
 "$bin/lazybench" -bin "$bin" "$@"

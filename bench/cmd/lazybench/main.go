@@ -3,8 +3,9 @@
 // them with their lazyfs indexes to a docker-registry in a network
 // namespace behind tc tbf and a delaying proxy, and times lazyrun (full
 // pull + run, cold, warm), podman (pull + run) and a native run for each
-// start-up command. See bench/README.md. Run it as root; scripts/bench.sh
-// installs what it needs first.
+// start-up command; then file-system speed on a warm cache (--cow=overlay
+// and --cow=fuse against native). See bench/README.md. Run it as root;
+// scripts/bench.sh installs what it needs first.
 package main
 
 import (
@@ -50,12 +51,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		timeout   = fs.Duration("timeout", 5*time.Minute, "limit of each command")
 		loopSize  = fs.Int64("loop-size", 16<<30, "bytes of the fresh ext4 loop file system of each cold run (sparse)")
 		noLoop    = fs.Bool("no-loop", false, "no loop file systems: cold runs use plain directories under -work")
+		fsOn      = fs.Bool("fs", true, "file-system speed on a warm cache: --cow=overlay and --cow=fuse against native (-fs=false: skip it)")
+		fsOnly    = fs.Bool("fs-only", false, "run the file-system section alone (no workloads, scale or sharing)")
+		fsDrop    = fs.Bool("fs-drop-caches", true, "sync and drop the kernel's page cache before each file-system measurement")
 	)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	cfg := bench.Config{RTT: *rtt, Runs: *runs, ScaleWorkload: *scaleW, Sharing: *sharing,
-		WorkDir: *work, OutDir: *out, BinDir: *bin, Timeout: *timeout, LoopSize: *loopSize, Log: stderr}
+		WorkDir: *work, OutDir: *out, BinDir: *bin, Timeout: *timeout, LoopSize: *loopSize, Log: stderr,
+		FS: *fsOn || *fsOnly, FSOnly: *fsOnly, FSKeepPageCache: !*fsDrop}
 	var err error
 	if cfg.Rate, err = parseRate(*rate); err != nil {
 		fmt.Fprintf(stderr, "lazybench: -rate: %v\n", err)
@@ -93,10 +98,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		fmt.Fprintf(stderr, "lazybench: go build ./cmd/lazyrun ./cmd/lazyfs\n")
+		fmt.Fprintf(stderr, "lazybench: go build ./cmd/lazyrun ./cmd/lazyfs ./bench/cmd/fsprobe\n")
 		b := exec.CommandContext(ctx, "go", "build", "-o", dir+"/", "./cmd/lazyrun", "./cmd/lazyfs")
 		b.Dir, b.Stdout, b.Stderr = modRoot, stderr, stderr
-		if err := b.Run(); err != nil {
+		err = b.Run()
+		if err == nil {
+			// fsprobe runs inside the containers: static, without cgo.
+			b = exec.CommandContext(ctx, "go", "build", "-o", dir+"/", "./bench/cmd/fsprobe")
+			b.Dir, b.Stdout, b.Stderr = modRoot, stderr, stderr
+			b.Env = append(os.Environ(), "CGO_ENABLED=0")
+			err = b.Run()
+		}
+		if err != nil {
 			fmt.Fprintf(stderr, "lazybench: go build: %v\n", err)
 			return 1
 		}
