@@ -102,6 +102,9 @@ func (l *lowerNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 }
 
 func (l *lowerNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if l.fs.noXattrs {
+		return 0, syscall.ENOSYS
+	}
 	if l.n.entry == nil {
 		return 0, syscall.ENODATA
 	}
@@ -117,6 +120,9 @@ func (l *lowerNode) Getxattr(ctx context.Context, attr string, dest []byte) (uin
 }
 
 func (l *lowerNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	if l.fs.noXattrs {
+		return 0, syscall.ENOSYS
+	}
 	if l.n.entry == nil {
 		return 0, 0
 	}
