@@ -76,7 +76,7 @@ func TestSoak(t *testing.T) {
 
 	// Measured around a subtest, so that the proxy (closed in the
 	// subtest's cleanup) is gone again when the test counts what is left.
-	fdsBefore, goBefore := openFDs(t), settledGoroutines()
+	fdsBefore, goBefore := settledCounts(t)
 	t.Run("soak", func(t *testing.T) {
 		proxy := testutil.NewFaultProxy(t, reg.Addr)
 		e := &env{root: t.TempDir(), ref: proxy.Addr + "/soak:latest"}
@@ -88,7 +88,7 @@ func TestSoak(t *testing.T) {
 		})
 		runSoak(t, e, proxy, img, cfg)
 	})
-	if fds, g := openFDs(t), settledGoroutines(); fds != fdsBefore || g != goBefore {
+	if fds, g := settledCounts(t); fds != fdsBefore || g != goBefore {
 		buf := make([]byte, 1<<20)
 		t.Errorf("the test process had %d open files and %d goroutines before the soak, %d and %d after\n%s",
 			fdsBefore, goBefore, fds, g, buf[:goruntime.Stack(buf, true)])
@@ -97,21 +97,28 @@ func TestSoak(t *testing.T) {
 	}
 }
 
-// settledGoroutines is the number of goroutines once it has not changed
-// for a second (at most 10 s): the goroutines of connections that were just
-// closed end shortly after the close.
-func settledGoroutines() int {
-	n, since := goruntime.NumGoroutine(), time.Now()
+// settledCounts returns the test process's open files and goroutines once
+// neither has changed for a second (at most 10 s): connections that were
+// just closed end their goroutines and descriptors shortly after the close.
+func settledCounts(t *testing.T) (fds, goroutines int) {
+	fds, goroutines = openFDs(t), goruntime.NumGoroutine()
+	since := time.Now()
 	for deadline := since.Add(10 * time.Second); time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond)
-		if m := goruntime.NumGoroutine(); m != n {
-			n, since = m, time.Now()
+		if f, g := openFDs(t), goruntime.NumGoroutine(); f != fds || g != goroutines {
+			fds, goroutines, since = f, g, time.Now()
 		} else if time.Since(since) >= time.Second {
 			break
 		}
 	}
-	return n
+	return fds, goroutines
 }
+
+// soakCacheSize is the disk cache's budget, shared by the supervisors: a
+// fraction of the image's 41 MB of blobs, so that frames keep being evicted
+// (by one supervisor while others read them) and fetched again through the
+// faults for the whole soak, not only while the cache is cold.
+const soakCacheSize = "16MB"
 
 type soakConfig struct {
 	containers int
@@ -242,7 +249,7 @@ func runSoak(t *testing.T, e *env, proxy *testutil.FaultProxy, img soakImageFile
 		wg.Go(func() {
 			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, lazyrunBin, "--root", e.root, "--log-level", "debug",
+			cmd := exec.CommandContext(ctx, lazyrunBin, "--root", e.root, "--log-level", "debug", "--cache-size", soakCacheSize,
 				"run", "-d", "--cow", c.cow, "--name", c.name, "-e", fmt.Sprintf("C=%d", i), "-e", fmt.Sprintf("NFILES=%d", soakFiles),
 				e.ref, "sh", "-c", soakScript)
 			var stderr bytes.Buffer
