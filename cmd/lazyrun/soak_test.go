@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -205,6 +206,7 @@ func soakWrite(c, i int) []byte {
 
 type soakContainer struct {
 	name, id, cow string
+	supervisor    int // PID, once sampleRSS has read it
 	reads, writes int
 	oks           []int // rounds reported OK
 	rss           rssSamples
@@ -298,10 +300,14 @@ func runSoak(t *testing.T, e *env, proxy *testutil.FaultProxy, img soakImageFile
 		names[i] = c.name
 	}
 	stopStart := time.Now()
-	if out := e.mustRun(t, append([]string{"stop"}, names...)...); out != strings.Join(names, "\n")+"\n" {
-		t.Errorf("stop printed %q", out)
+	exited := watchExits(cs, stopStart)
+	stopCtx, cancelStop := context.WithTimeout(t.Context(), 10*time.Minute)
+	out, err := exec.CommandContext(stopCtx, lazyrunBin, append([]string{"--root", e.root, "stop"}, names...)...).CombinedOutput()
+	cancelStop()
+	if err != nil || string(out) != strings.Join(names, "\n")+"\n" {
+		t.Errorf("stop: %v, printed %q", err, out)
 	}
-	t.Logf("stopping %d containers took %v", len(cs), time.Since(stopStart).Round(time.Millisecond))
+	t.Logf("stopping %d containers took %v; supervisors gone after %s", len(cs), time.Since(stopStart).Round(time.Millisecond), <-exited)
 
 	var reads, writes, fails int
 	for _, c := range cs {
@@ -432,6 +438,49 @@ func runSoak(t *testing.T, e *env, proxy *testutil.FaultProxy, img soakImageFile
 	}
 }
 
+// watchExits notes when each container's supervisor exits, and returns
+// a summary (first, median, last) once all have, or after ten minutes.
+// A supervisor still there after 20 s is described once (its threads'
+// and its container's processes' wait channels) in the summary.
+func watchExits(cs []*soakContainer, start time.Time) <-chan string {
+	done := make(chan string, 1)
+	go func() {
+		gone := make([]time.Duration, len(cs))
+		left := len(cs)
+		var slow string
+		for left > 0 && time.Since(start) < 10*time.Minute {
+			for i, c := range cs {
+				if gone[i] == 0 && (c.supervisor <= 0 || syscall.Kill(c.supervisor, 0) != nil) {
+					gone[i] = time.Since(start)
+					left--
+				}
+			}
+			if slow == "" && time.Since(start) > 20*time.Second {
+				for i, c := range cs {
+					if gone[i] == 0 {
+						slow = describeWaits(c)
+						break
+					}
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		slices.Sort(gone)
+		done <- fmt.Sprintf("first %v, median %v, last %v (%d still there)%s", gone[0].Round(time.Millisecond),
+			gone[len(gone)/2].Round(time.Millisecond), gone[len(gone)-1].Round(time.Millisecond), left, slow)
+	}()
+	return done
+}
+
+// describeWaits shows where c's supervisor threads and the processes of
+// its cgroup wait.
+func describeWaits(c *soakContainer) string {
+	script := fmt.Sprintf(`echo; echo "%[3]s (%[4]s) supervisor %[1]d:"; for t in /proc/%[1]d/task/*; do echo "$t $(cat $t/wchan) $(cut -d' ' -f3 $t/stat)"; done
+for p in $(cat /sys/fs/cgroup/pids/lazyrun/%[2]s/cgroup.procs 2>/dev/null); do echo "container process $p: $(cat /proc/$p/wchan) $(cut -d' ' -f3 /proc/$p/stat) $(tr '\0' ' ' < /proc/$p/cmdline)"; cat /proc/$p/stack; done`, c.supervisor, c.id, c.name, c.cow)
+	out, _ := exec.Command("sh", "-c", script).CombinedOutput()
+	return string(out)
+}
+
 // soakRSSBound is how much a supervisor's RSS may grow from its first
 // sample: its cache's memory tier may come to hold every frame it read
 // (at most the whole image's content, and never over the tier's 256 MiB
@@ -463,6 +512,7 @@ func sampleRSS(ctx context.Context, e *env, cs []*soakContainer) {
 					}
 				}
 			}
+			c.supervisor = pids[i]
 			if kib := vmRSS(pids[i]); kib > 0 {
 				c.rss.add(kib)
 			}
