@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -230,7 +231,8 @@ func runSoak(t *testing.T, e *env, proxy *testutil.FaultProxy, img soakImageFile
 	// downloads) and their cold start go through them too.
 	injectCtx, stopInjecting := context.WithCancel(context.Background())
 	injected := make(chan map[string]int, 1)
-	go func() { injected <- injectFaults(injectCtx, proxy) }()
+	var created atomic.Bool
+	go func() { injected <- injectFaults(injectCtx, proxy, &created) }()
 	defer func() {
 		if stopInjecting != nil {
 			stopInjecting()
@@ -264,6 +266,7 @@ func runSoak(t *testing.T, e *env, proxy *testutil.FaultProxy, img soakImageFile
 		})
 	}
 	wg.Wait()
+	created.Store(true)
 	started := time.Since(start)
 	for _, err := range errs {
 		if err != "" {
@@ -380,7 +383,7 @@ func runSoak(t *testing.T, e *env, proxy *testutil.FaultProxy, img soakImageFile
 			switch {
 			case strings.Contains(line, "msg=retrying"):
 				retries++
-			case strings.Contains(line, `msg="frame corrupt, fetching it again"`):
+			case strings.Contains(line, `msg="frame corrupt, fetching it again"`) || strings.Contains(line, `msg="index blob corrupt, fetching it again"`):
 				refetched++
 			case strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR") || strings.Contains(line, "DATA RACE"):
 				t.Errorf("%s's supervisor: %s", c.name, strings.TrimSpace(line))
@@ -555,7 +558,11 @@ func vmRSS(pid int) int64 {
 // other requests keep taking the clean turns in between, which the figures
 // logged by the test would show. Stalls last 2 s, well under the 10 s
 // read timeout.
-func injectFaults(ctx context.Context, p *testutil.FaultProxy) map[string]int {
+//
+// Corrupted bodies start only once created is set: fetch.Client.Resolve
+// does not fetch a config blob with the wrong digest again, so a corrupted
+// config would fail `run` itself (exit 125) rather than be retried away.
+func injectFaults(ctx context.Context, p *testutil.FaultProxy, created *atomic.Bool) map[string]int {
 	inject := []func(){
 		func() { p.Fail(500, 1) },
 		func() { p.Reset(1) },
@@ -564,6 +571,7 @@ func injectFaults(ctx context.Context, p *testutil.FaultProxy) map[string]int {
 		func() { p.Corrupt(1) },
 		func() { p.Fail(503, 1) },
 	}
+	const corruptTurn = 4
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	next, base := 0, -1
@@ -590,6 +598,9 @@ func injectFaults(ctx context.Context, p *testutil.FaultProxy) map[string]int {
 		}
 		if n < base+3 {
 			continue
+		}
+		if next%len(inject) == corruptTurn && !created.Load() {
+			next++
 		}
 		inject[next%len(inject)]()
 		next++
