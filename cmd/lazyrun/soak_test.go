@@ -214,17 +214,16 @@ type soakContainer struct {
 }
 
 type rssSamples struct {
-	first, last, max int64 // KiB
-	n                int
+	all []int64 // KiB, every 3 s
 }
 
-func (r *rssSamples) add(kib int64) {
-	if r.n == 0 {
-		r.first = kib
-	}
-	r.last, r.max = kib, max(r.max, kib)
-	r.n++
-}
+func (r *rssSamples) add(kib int64) { r.all = append(r.all, kib) }
+
+// first, mid (the sample half-way through), last and max, in KiB.
+func (r *rssSamples) first() int64 { return r.all[0] }
+func (r *rssSamples) mid() int64   { return r.all[len(r.all)/2] }
+func (r *rssSamples) last() int64  { return r.all[len(r.all)-1] }
+func (r *rssSamples) max() int64   { return slices.Max(r.all) }
 
 func runSoak(t *testing.T, e *env, proxy *testutil.FaultProxy, img soakImageFiles, cfg soakConfig) {
 	// Faults from the first request on: the containers' creation (index
@@ -392,35 +391,39 @@ func runSoak(t *testing.T, e *env, proxy *testutil.FaultProxy, img soakImageFile
 	}
 
 	rssBound := soakRSSBound(img.bytes)
-	var firstSum, lastSum, maxSum, maxOne, maxGrowth int64
+	var firstSum, midSum, lastSum, maxSum, maxOne, maxGrowth, maxLateGrowth int64
 	for _, c := range cs {
-		if c.rss.n < 2 {
-			t.Errorf("%s: %d RSS samples of its supervisor, want at least 2", c.name, c.rss.n)
+		if len(c.rss.all) < 2 {
+			t.Errorf("%s: %d RSS samples of its supervisor, want at least 2", c.name, len(c.rss.all))
 			continue
 		}
-		firstSum += c.rss.first
-		lastSum += c.rss.last
-		maxSum += c.rss.max
-		maxOne = max(maxOne, c.rss.max)
-		growth := c.rss.max - c.rss.first
+		firstSum += c.rss.first()
+		midSum += c.rss.mid()
+		lastSum += c.rss.last()
+		maxSum += c.rss.max()
+		maxOne = max(maxOne, c.rss.max())
+		growth := c.rss.max() - c.rss.first()
 		maxGrowth = max(maxGrowth, growth)
+		maxLateGrowth = max(maxLateGrowth, c.rss.last()-c.rss.mid())
 		if growth<<10 > rssBound {
-			t.Errorf("%s (%s): supervisor RSS grew from %d to %d KiB (last %d), more than %d MiB", c.name, c.cow, c.rss.first, c.rss.max, c.rss.last, rssBound>>20)
+			t.Errorf("%s (%s): supervisor RSS grew from %d to %d KiB (last %d), more than %d MiB", c.name, c.cow, c.rss.first(), c.rss.max(), c.rss.last(), rssBound>>20)
 		}
 	}
 
 	t.Logf("%d containers (%d fuse, %d overlay) for %v: %d reads (%.1f/s), %d writes (%.1f/s), %d failures",
 		len(cs), (len(cs)+1)/2, len(cs)/2, cfg.duration, reads, float64(reads)/cfg.duration.Seconds(), writes, float64(writes)/cfg.duration.Seconds(), fails)
 	for _, c := range cs {
-		t.Logf("  %s %-7s %5d reads %5d writes  RSS first/last/max %d/%d/%d MiB (%d samples)",
-			c.name, c.cow, c.reads, c.writes, c.rss.first>>10, c.rss.last>>10, c.rss.max>>10, c.rss.n)
+		if len(c.rss.all) > 0 {
+			t.Logf("  %s %-7s %5d reads %5d writes  RSS first/mid/last/max %d/%d/%d/%d MiB (%d samples)",
+				c.name, c.cow, c.reads, c.writes, c.rss.first()>>10, c.rss.mid()>>10, c.rss.last()>>10, c.rss.max()>>10, len(c.rss.all))
+		}
 	}
 	t.Logf("registry through the proxy: %d blob requests, %.1f MB of blob bodies (image: %.1f MB of content); %d other requests",
 		stats.BlobRequests, float64(stats.BlobBytes)/1e6, float64(img.bytes)/1e6, stats.OtherRequests)
 	most, where := faultsPerRange(proxy)
 	t.Logf("faults taken: %v (at most %d on one range: %s); supervisors logged %d retries and %d corrupt frames fetched again", faults, most, where, retries, refetched)
-	t.Logf("supervisor RSS, sum of %d: first %d MiB, last %d MiB, max %d MiB; largest one %d MiB; largest growth %d MiB (bound %d MiB)",
-		len(cs), firstSum>>10, lastSum>>10, maxSum>>10, maxOne>>10, maxGrowth>>10, rssBound>>20)
+	t.Logf("supervisor RSS, sum of %d: first %d MiB, mid %d MiB, last %d MiB, max %d MiB; largest one %d MiB; largest growth %d MiB (bound %d MiB), in the second half %d MiB",
+		len(cs), firstSum>>10, midSum>>10, lastSum>>10, maxSum>>10, maxOne>>10, maxGrowth>>10, rssBound>>20, maxLateGrowth>>10)
 
 	if faults["total"] == 0 {
 		t.Errorf("no fault was injected: the proxy saw %d blob requests", stats.BlobRequests)
