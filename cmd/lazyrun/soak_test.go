@@ -39,7 +39,8 @@ import (
 // descriptors and goroutines, and the supervisors' memory stays bounded.
 //
 // The normal suite runs 8 containers for about 20 s. LAZYFS_SOAK=1 runs 32
-// for LAZYFS_SOAK_DURATION (default 3m).
+// for LAZYFS_SOAK_DURATION (default 3m); LAZYFS_SOAK_CONTAINERS sets the
+// number in either case.
 func TestSoak(t *testing.T) {
 	requireRoot(t)
 	cfg := soakConfig{containers: 8, duration: 20 * time.Second}
