@@ -288,7 +288,19 @@ func newest(refs []ocispec.Descriptor) ocispec.Descriptor {
 // size), and keeps it in the local store (a failure to keep it is logged).
 // An index for another layer wraps index.ErrCorrupt.
 func (r *Resolver) Download(ctx context.Context, img *fetch.Image, layer, blob ocispec.Descriptor) (*index.Index, error) {
-	data, err := r.cfg.Client.ReadBlob(ctx, img.Repo, blob.Digest, maxIndexBytes)
+	// The client does not retry a digest mismatch; bytes damaged on the
+	// way are fetched again, as a corrupt frame is (corruptFetches).
+	var (
+		data []byte
+		err  error
+	)
+	for attempt := 1; attempt <= corruptFetches; attempt++ {
+		data, err = r.cfg.Client.ReadBlob(ctx, img.Repo, blob.Digest, maxIndexBytes)
+		if !errors.Is(err, fetch.ErrDigestMismatch) || attempt == corruptFetches {
+			break
+		}
+		r.log.Warn("index blob corrupt, fetching it again", "layer", layer.Digest, "attempt", attempt, "err", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("fetch index of layer %s: %w", layer.Digest, err)
 	}

@@ -2,6 +2,7 @@ package layers
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"path/filepath"
 	"testing"
@@ -120,6 +121,53 @@ func TestLayersFindsIndexesInOrder(t *testing.T) {
 		if !l.Local || l.Remote == nil || !l.Lazy || l.Artifact == nil {
 			t.Errorf("Inspect layer %d = %+v, want local, remote and lazy", i, l)
 		}
+	}
+}
+
+// An index blob damaged on the way from the registry is fetched again,
+// as a frame is: a corrupted answer is not a failed start; three in a row
+// are, with ErrDigestMismatch.
+func TestDownloadedIndexCorruptIsFetchedAgain(t *testing.T) {
+	e := newEnv(t)
+	ctx := t.Context()
+	built, err := e.r.Layers(ctx, e.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.r.Push(ctx, e.img, built); err != nil {
+		t.Fatalf("Push: %v", err)
+	}
+
+	e.proxy.ClearStats()
+	e.proxy.Corrupt(1)
+	other := NewResolver(Config{Client: e.client, Store: openStore(t, t.TempDir())})
+	got, err := other.Layers(ctx, e.img)
+	if err != nil {
+		t.Fatalf("Layers with one corrupted index answer: %v", err)
+	}
+	if o := origins(got); o[0] != OriginRegistry || o[1] != OriginRegistry {
+		t.Errorf("Layers with one corrupted index answer = %v, want registry", o)
+	}
+	if n := e.proxy.PendingFaults(); n != 0 {
+		t.Errorf("%d faults left unused", n)
+	}
+
+	// Both layers' index blobs answer corrupt three times: each gives up
+	// after its third fetch.
+	e.proxy.ClearStats()
+	e.proxy.Corrupt(2 * corruptFetches)
+	other = NewResolver(Config{Client: e.client, Store: openStore(t, t.TempDir())})
+	if _, err := other.Layers(ctx, e.img); !errors.Is(err, fetch.ErrDigestMismatch) {
+		t.Errorf("Layers with every index answer corrupted = %v, want ErrDigestMismatch", err)
+	}
+	gets := 0
+	for _, r := range e.proxy.Requests() {
+		if r.Method == "GET" && r.Digest != "" {
+			gets++
+		}
+	}
+	if gets > 2*corruptFetches {
+		t.Errorf("%d blob GETs with every index answer corrupted, want at most %d", gets, 2*corruptFetches)
 	}
 }
 
