@@ -140,14 +140,23 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.b
 // startContainerd runs Debian's containerd from a config under dir.
 func startContainerd(t *testing.T, dir, snapshotterSock string) (sock string) {
 	t.Helper()
+	sock = filepath.Join(dir, "containerd.sock")
+	body := fmt.Sprintf(containerdConfig, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc", snapshotterSock)
+	runContainerd(t, dir, sock, body)
+	return sock
+}
+
+// runContainerd writes body to dir/config.toml and runs Debian's
+// containerd with it until cleanup. sock is the gRPC address body names;
+// it returns once containerd serves it.
+func runContainerd(t *testing.T, dir, sock, body string) *daemon {
+	t.Helper()
 	for _, bin := range []string{"containerd", "ctr", "containerd-shim-runc-v2", "runc"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			skipOrFailContainerd(t, "%s missing (apt-get install containerd, or scripts/install-deps.sh)", bin)
 		}
 	}
-	sock = filepath.Join(dir, "containerd.sock")
 	cfg := filepath.Join(dir, "config.toml")
-	body := fmt.Sprintf(containerdConfig, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc", snapshotterSock)
 	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +164,7 @@ func startContainerd(t *testing.T, dir, snapshotterSock string) (sock string) {
 	if err := d.waitSocket(t, sock, 30*time.Second); err != nil {
 		skipOrFailContainerd(t, "containerd did not start: %v\n%s", err, d.log)
 	}
-	return sock
+	return d
 }
 
 // ctr runs Debian's ctr against the test's containerd.
