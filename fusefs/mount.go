@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -77,6 +79,8 @@ type fileSystem struct {
 type Mount struct {
 	Dir    string
 	server *fuse.Server
+	dev    uint64 // the mount's device number: its FUSE connection
+	log    *slog.Logger
 }
 
 // MountLayers merges the layers (bottom first) and mounts the union at dir,
@@ -163,7 +167,12 @@ func MountLayers(dir string, layers []*index.Index, src FrameSource, cfg Config)
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
 	closeFuseOnExec(log)
-	return &Mount{Dir: dir, server: server}, nil
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		server.Unmount() //nolint:errcheck // the stat's error says more
+		return nil, fmt.Errorf("mount %s: %w", dir, err)
+	}
+	return &Mount{Dir: dir, server: server, dev: st.Dev, log: log}, nil
 }
 
 // closeFuseOnExec marks this process's /dev/fuse descriptors close-on-exec.
@@ -225,11 +234,91 @@ func hasXattrs(layers []*index.Index) bool {
 // Wait blocks until the file system is unmounted.
 func (m *Mount) Wait() { m.server.Wait() }
 
-// Unmount detaches the file system; it fails (EBUSY) while a process still
-// uses it.
+// Unmount detaches the file system and waits until its server has
+// stopped; it fails (EBUSY) while a process still uses it.
+//
+// The server stops when the kernel drops the file system, which a copy of
+// the mount in another mount namespace delays (a namespace made while it
+// was mounted, or a slave one it propagated into). After unmountGrace the
+// connection is aborted (fusectl's abort: every request fails), so that
+// Unmount never waits for ever; the log names the processes whose
+// namespaces held it.
 func (m *Mount) Unmount() error {
-	if err := m.server.Unmount(); err != nil {
+	done := make(chan error, 1)
+	go func() { done <- m.server.Unmount() }()
+	select {
+	case err := <-done:
+		return m.unmounted(err)
+	case <-time.After(unmountGrace):
+	}
+	m.log.Warn("file system still held after its unmount: aborting its connection",
+		"path", m.Dir, "dur", unmountGrace, "holders", holders(m.dev))
+	if err := abortConnection(m.dev); err != nil {
+		m.log.Warn("cannot abort the FUSE connection", "path", m.Dir, "err", err)
+	}
+	select {
+	case err := <-done:
+		return m.unmounted(err)
+	case <-time.After(unmountGrace):
+		return fmt.Errorf("unmount %s: the server did not stop, even after its connection was aborted", m.Dir)
+	}
+}
+
+// unmountGrace is how long Unmount waits for the kernel to drop the file
+// system before it aborts the connection.
+const unmountGrace = 5 * time.Second
+
+func (m *Mount) unmounted(err error) error {
+	if err != nil {
 		return fmt.Errorf("unmount %s: %w", m.Dir, err)
 	}
 	return nil
+}
+
+// fusectlDir is where the FUSE control file system is usually mounted.
+const fusectlDir = "/sys/fs/fuse/connections"
+
+// abortConnection aborts the FUSE connection of device dev through the
+// FUSE control file system, mounting it on a temporary directory (and
+// unmounting it) if it is not at fusectlDir.
+func abortConnection(dev uint64) error {
+	conn := strconv.FormatUint(uint64(unix.Minor(dev)), 10)
+	dir := fusectlDir
+	if _, err := os.Stat(filepath.Join(dir, conn)); err != nil {
+		tmp, err := os.MkdirTemp("", "lazyfs-fusectl-")
+		if err != nil {
+			return err
+		}
+		defer os.Remove(tmp)
+		if err := unix.Mount("fusectl", tmp, "fusectl", 0, ""); err != nil {
+			return fmt.Errorf("mount fusectl: %w", err)
+		}
+		defer unix.Unmount(tmp, unix.MNT_DETACH) //nolint:errcheck // a temporary view
+		dir = tmp
+	}
+	return os.WriteFile(filepath.Join(dir, conn, "abort"), []byte("1"), 0)
+}
+
+// holders lists, for each other mount namespace that has a mount of device
+// dev, one process in it ("PID COMM").
+func holders(dev uint64) []string {
+	want := fmt.Sprintf(" %d:%d ", unix.Major(dev), unix.Minor(dev))
+	seen := map[string]bool{}
+	var out []string
+	infos, _ := filepath.Glob("/proc/[0-9]*/mountinfo")
+	for _, p := range infos {
+		procDir := filepath.Dir(p)
+		ns, err := os.Readlink(filepath.Join(procDir, "ns", "mnt"))
+		if err != nil || seen[ns] {
+			continue
+		}
+		b, err := os.ReadFile(p)
+		if err != nil || !strings.Contains(string(b), want) {
+			continue
+		}
+		seen[ns] = true
+		comm, _ := os.ReadFile(filepath.Join(procDir, "comm"))
+		out = append(out, filepath.Base(procDir)+" "+strings.TrimSpace(string(comm)))
+	}
+	return out
 }

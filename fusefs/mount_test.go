@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -373,5 +375,59 @@ func TestMountWithoutXattrsStopsTheKernelAsking(t *testing.T) {
 	// A file read as usual: nothing else changed.
 	if got, err := os.ReadFile(filepath.Join(dir, "b")); err != nil || string(got) != "b" {
 		t.Errorf("ReadFile(b) = %q, %v", got, err)
+	}
+}
+
+// A copy of the mount in another mount namespace (here a process that
+// entered a new one while it was mounted) keeps the kernel from dropping
+// the file system after the unmount, and the server from stopping: Unmount
+// aborts the connection after unmountGrace instead of waiting for ever.
+func TestUnmountHeldElsewhere(t *testing.T) {
+	testutil.RequireFUSE(t, "FUSE")
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("needs unshare (util-linux)")
+	}
+	layer := makeTar(t, []tarFile{{hdr: tar.Header{Name: "f", Typeflag: tar.TypeReg, Mode: 0o644}, body: []byte("f")}})
+	x, err := index.Build(t.Context(), digest.FromBytes(layer), bytes.NewReader(layer), index.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	var logs testutil.SyncBuffer
+	m, err := MountLayers(dir, []*index.Index{x}, &memSource{blobs: map[digest.Digest][]byte{x.Layer: layer}},
+		Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder := exec.Command("unshare", "--mount", "--propagation", "private", "sleep", "60")
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	// The holder's namespace has the copy once unshare has made it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", holder.Process.Pid))
+		self, _ := os.Readlink("/proc/self/ns/mnt")
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", holder.Process.Pid))
+		if ns != "" && ns != self && strings.TrimSpace(string(comm)) == "sleep" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the holder did not enter a mount namespace of its own")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	start := time.Now()
+	if err := m.Unmount(); err != nil {
+		t.Fatalf("Unmount: %v", err)
+	}
+	took := time.Since(start)
+	t.Logf("Unmount with a copy held elsewhere returned in %v", took)
+	if took < unmountGrace {
+		t.Errorf("Unmount returned in %v: the copy elsewhere did not hold it (the test proves nothing)", took)
+	}
+	if !strings.Contains(logs.String(), "aborting its connection") || !strings.Contains(logs.String(), fmt.Sprint(holder.Process.Pid)) {
+		t.Errorf("the log does not say it aborted, naming the holder %d:\n%s", holder.Process.Pid, logs.String())
 	}
 }

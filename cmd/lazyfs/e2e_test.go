@@ -55,7 +55,7 @@ func mustLazyfs(t *testing.T, args ...string) string {
 type mounted struct {
 	dir    string
 	cmd    *exec.Cmd
-	stderr *syncBuffer // read while the process writes it
+	stderr *testutil.SyncBuffer // read while the process writes it
 	exited chan error
 }
 
@@ -81,7 +81,7 @@ func mount(t *testing.T, root, ref string, extra ...string) *mounted {
 	dir := t.TempDir()
 	args := append([]string{"mount", "--root", root}, extra...)
 	cmd := exec.Command(lazyfsBin, append(args, ref, dir)...)
-	m := &mounted{dir: dir, cmd: cmd, stderr: &syncBuffer{}, exited: make(chan error, 1)}
+	m := &mounted{dir: dir, cmd: cmd, stderr: &testutil.SyncBuffer{}, exited: make(chan error, 1)}
 	cmd.Stderr = m.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

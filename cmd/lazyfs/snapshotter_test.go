@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -39,32 +37,13 @@ func skipOrFailContainerd(t *testing.T, format string, args ...any) {
 type daemon struct {
 	name   string
 	cmd    *exec.Cmd
-	log    *syncBuffer // stdout and stderr
+	log    *testutil.SyncBuffer // stdout and stderr
 	exited chan error
-}
-
-// syncBuffer is a bytes.Buffer a running process writes while the test
-// reads it.
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func startDaemon(t *testing.T, name string, argv ...string) *daemon {
 	t.Helper()
-	d := &daemon{name: name, cmd: exec.Command(argv[0], argv[1:]...), log: &syncBuffer{}, exited: make(chan error, 1)}
+	d := &daemon{name: name, cmd: exec.Command(argv[0], argv[1:]...), log: &testutil.SyncBuffer{}, exited: make(chan error, 1)}
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
