@@ -3,7 +3,9 @@ package fetch
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"log/slog"
 	"mime"
 	"slices"
 	"strings"
@@ -55,6 +57,10 @@ func (img *Image) Descriptor() ocispec.Descriptor {
 	return ocispec.Descriptor{MediaType: mt, Digest: img.Digest, Size: int64(len(img.RawManifest))}
 }
 
+// configReads bounds the reads of a config blob whose bytes do not match
+// its digest: damage on the way is not retried below.
+const configReads = 3
+
 // Resolve fetches ref's manifest (a tag or a digest) and its config. An
 // image index (OCI, or Docker manifest list) gives the manifest for
 // Config.Platform; if it has none, the error wraps ErrNoPlatform and lists
@@ -62,6 +68,9 @@ func (img *Image) Descriptor() ocispec.Descriptor {
 // wrapping ErrNotFound. Manifests are verified against their digest when
 // asked by digest or picked from an index; the config always is, and must
 // be as long as its descriptor says (else ErrDigestMismatch).
+//
+// A config whose bytes do not match its digest is read again, up to
+// configReads times in all.
 //
 // Safe for concurrent use.
 func (c *Client) Resolve(ctx context.Context, ref string) (*Image, error) {
@@ -111,7 +120,16 @@ func (c *Client) Resolve(ctx context.Context, ref string) (*Image, error) {
 	if cd.Size < 0 || cd.Size > maxConfigSize {
 		return nil, fmt.Errorf("resolve %s: config %s of %d bytes: %w", ref, cd.Digest, cd.Size, ErrTooLarge)
 	}
-	img.RawConfig, err = c.readBlob(ctx, cn, cd.Digest, cd.Size)
+	// Bytes damaged on the way fail the digest check, which the retries
+	// below readBlob do not cover: read it again, a few times.
+	for attempt := 1; ; attempt++ {
+		img.RawConfig, err = c.readBlob(ctx, cn, cd.Digest, cd.Size)
+		if !errors.Is(err, ErrDigestMismatch) || attempt == configReads {
+			break
+		}
+		c.log.LogAttrs(ctx, slog.LevelDebug, "config blob corrupt, fetching it again", slog.String("op", "resolve"),
+			slog.String("config", cd.Digest.String()), slog.Int("attempt", attempt), slog.Any("err", err))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: config %s: %w", ref, cd.Digest, err)
 	}

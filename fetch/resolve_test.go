@@ -210,9 +210,14 @@ func TestResolveErrors(t *testing.T) {
 		t.Errorf("Resolve of a malformed reference succeeded")
 	}
 
+	// A config damaged once is read again; one damaged every time fails.
 	fx.reg.setFaults(fault{kind: faultCorrupt})
+	if _, err := c.Resolve(ctx, fx.repo+":multi"); err != nil {
+		t.Errorf("Resolve with a config corrupted once = %v, want it read again", err)
+	}
+	fx.reg.setFaults(fault{kind: faultCorrupt}, fault{kind: faultCorrupt}, fault{kind: faultCorrupt})
 	if _, err := c.Resolve(ctx, fx.repo+":multi"); !errors.Is(err, ErrDigestMismatch) {
-		t.Errorf("Resolve with a corrupted config = %v, want ErrDigestMismatch", err)
+		t.Errorf("Resolve with a config corrupted %d times = %v, want ErrDigestMismatch", configReads, err)
 	}
 }
 
