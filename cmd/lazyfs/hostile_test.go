@@ -758,10 +758,17 @@ func TestHostileManifestLies(t *testing.T) {
 	}
 	t.Run("config bytes do not match its digest", func(t *testing.T) {
 		proxy := testutil.NewFaultProxy(t, reg.Addr)
-		proxy.Corrupt(1) // the first blob GET is the config's
+		// Damaged once, the config is read again; served wrong every time
+		// (its 3 reads are the first blob GETs), it is refused.
+		proxy.Corrupt(1)
+		if _, stderr, err := lazyfs(t, "index", "--root", t.TempDir(), proxy.Addr+"/hostile/manifest:v1"); err != nil {
+			t.Errorf("lazyfs index with a config corrupted once: %v, want it read again\n%s", err, stderr)
+		}
+		proxy.ClearFaults()
+		proxy.Corrupt(3)
 		_, stderr, err := lazyfs(t, "index", "--root", t.TempDir(), proxy.Addr+"/hostile/manifest:v1")
 		if err == nil || !strings.Contains(stderr, "digest mismatch") || !strings.Contains(stderr, "config "+p.ConfigDigest.String()) {
-			t.Errorf("lazyfs index with a corrupted config: %v, want a digest mismatch naming the config\n%s", err, stderr)
+			t.Errorf("lazyfs index with a config always corrupted: %v, want a digest mismatch naming the config\n%s", err, stderr)
 		}
 	})
 }
