@@ -511,7 +511,7 @@ func (r *Runtime) killSupervisor(ctx context.Context, c *Container) error {
 // cleanUp undoes what a supervisor that died may have left: the image's
 // mount, the container's cgroup and the processes in it, the socket.
 func (r *Runtime) cleanUp(c *Container) error {
-	for _, dir := range []string{c.rootfsDir(), c.lowerDir()} {
+	for _, dir := range []string{c.rootfsDir(), c.lowerDir(), c.dir} {
 		if err := syscall.Unmount(dir, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
 			return fmt.Errorf("unmount %s: %w", dir, err)
 		}
@@ -521,6 +521,26 @@ func (r *Runtime) cleanUp(c *Container) error {
 	}
 	if err := os.Remove(filepath.Join(c.dir, socketName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
+	}
+	return nil
+}
+
+// makePrivate bind-mounts dir on itself with private propagation, so that
+// what is mounted below it (the image's FUSE mount) does not propagate into
+// other mount namespaces: on a host whose / is shared (systemd's default),
+// every slave namespace (a service's with PrivateTmp, `ip netns exec`'s)
+// would get a copy, and a copy that is busy there when we unmount keeps
+// the kernel from dropping the file system. Docker makes its storage
+// directory private for the same reason. cleanUp unmounts it. A namespace
+// made while the image is mounted still copies it; fusefs' Unmount aborts
+// the connection then.
+func makePrivate(dir string) error {
+	if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind %s on itself: %w", dir, err)
+	}
+	if err := unix.Mount("", dir, "", unix.MS_PRIVATE, ""); err != nil {
+		unix.Unmount(dir, unix.MNT_DETACH) //nolint:errcheck // the error above says more
+		return fmt.Errorf("make %s private: %w", dir, err)
 	}
 	return nil
 }

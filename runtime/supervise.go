@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
 
 	"github.com/lazyfs/lazyfs/fetch"
 	"github.com/lazyfs/lazyfs/fusefs"
@@ -301,6 +302,14 @@ func (s *supervisor) run(report func(initStatus)) (code int, err error) {
 			<-done
 		}()
 	}
+	if err := makePrivate(c.dir); err != nil {
+		return 0, err
+	}
+	defer func() { // after the unmount below
+		if err := unix.Unmount(c.dir, unix.MNT_DETACH); err != nil {
+			s.log.Warn("cannot unmount the container's directory", "path", c.dir, "err", err)
+		}
+	}()
 	m, err := fusefs.MountLayers(c.lowerDir(), idxs, src, mcfg)
 	if err != nil {
 		return 0, err

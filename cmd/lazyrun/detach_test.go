@@ -506,3 +506,40 @@ func TestSupervisorKilledDuringWrites(t *testing.T) {
 		})
 	}
 }
+
+// A mount namespace that receives the host's mounts (a slave one, as `ip
+// netns exec` and systemd services with PrivateTmp make, on a host whose /
+// is shared) gets no copy of the container's image mount: the container's
+// directory is a private mount.
+func TestSlaveNamespaceDoesNotHoldImage(t *testing.T) {
+	e := newEnv(t, v1.Config{})
+	// The root on a shared mount, as / is under systemd (it is private on
+	// these machines).
+	if err := unix.Mount(e.root, e.root, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(e.root, unix.MNT_DETACH) })
+	if err := unix.Mount("", e.root, "", unix.MS_SHARED, ""); err != nil {
+		t.Fatal(err)
+	}
+	holder := exec.Command("unshare", "--mount", "--propagation", "slave", "sleep", "120")
+	if err := holder.Start(); err != nil {
+		t.Skipf("unshare: %v", err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	time.Sleep(200 * time.Millisecond) // unshare has made the namespace
+	id := e.runDetached(t, "--name", "shy", e.ref, "sh", "-c", loopScript)
+	e.waitLog(t, "shy", "started", 1)
+	mi, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", holder.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(mi), filepath.Join(e.root, "containers", id, "lower")) {
+		t.Errorf("the slave namespace has a copy of the image mount")
+	}
+	start := time.Now()
+	e.mustRun(t, "stop", "shy")
+	e.mustRun(t, "rm", "shy")
+	t.Logf("stop and rm took %v", time.Since(start))
+	e.checkSupervisorLogs(t)
+}

@@ -18,7 +18,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -231,8 +230,7 @@ func runSoak(t *testing.T, e *env, proxy *testutil.FaultProxy, img soakImageFile
 	// downloads) and their cold start go through them too.
 	injectCtx, stopInjecting := context.WithCancel(context.Background())
 	injected := make(chan map[string]int, 1)
-	var created atomic.Bool
-	go func() { injected <- injectFaults(injectCtx, proxy, &created) }()
+	go func() { injected <- injectFaults(injectCtx, proxy) }()
 	defer func() {
 		if stopInjecting != nil {
 			stopInjecting()
@@ -266,7 +264,6 @@ func runSoak(t *testing.T, e *env, proxy *testutil.FaultProxy, img soakImageFile
 		})
 	}
 	wg.Wait()
-	created.Store(true)
 	started := time.Since(start)
 	for _, err := range errs {
 		if err != "" {
@@ -561,12 +558,9 @@ func vmRSS(pid int) int64 {
 // corrupt bytes (3 times) meets a clean request before it gives up, unless
 // other requests keep taking the clean turns in between, which the figures
 // logged by the test would show. Stalls last 2 s, well under the 10 s
-// read timeout.
-//
-// Corrupted bodies start only once created is set: fetch.Client.Resolve
-// does not fetch a config blob with the wrong digest again, so a corrupted
-// config would fail `run` itself (exit 125) rather than be retried away.
-func injectFaults(ctx context.Context, p *testutil.FaultProxy, created *atomic.Bool) map[string]int {
+// read timeout. Corrupted bodies come from the start: configs and index
+// blobs are read again too.
+func injectFaults(ctx context.Context, p *testutil.FaultProxy) map[string]int {
 	inject := []func(){
 		func() { p.Fail(500, 1) },
 		func() { p.Reset(1) },
@@ -575,7 +569,6 @@ func injectFaults(ctx context.Context, p *testutil.FaultProxy, created *atomic.B
 		func() { p.Corrupt(1) },
 		func() { p.Fail(503, 1) },
 	}
-	const corruptTurn = 4
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	next, base := 0, -1
@@ -602,9 +595,6 @@ func injectFaults(ctx context.Context, p *testutil.FaultProxy, created *atomic.B
 		}
 		if n < base+3 {
 			continue
-		}
-		if next%len(inject) == corruptTurn && !created.Load() {
-			next++
 		}
 		inject[next%len(inject)]()
 		next++
