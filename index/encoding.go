@@ -562,6 +562,9 @@ func Decode(data []byte) (*Index, error) {
 	if err != nil {
 		return nil, err
 	}
+	if x.win != nil {
+		x.win.toc = digest.FromBytes(toc)
+	}
 	if wins != nil && x.win != nil {
 		if x.win.raw > budget {
 			return nil, fmt.Errorf("%w: windows: %d bytes exceed the decoding limit", ErrCorrupt, x.win.raw)

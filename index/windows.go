@@ -4,13 +4,16 @@ import (
 	"fmt"
 	"hash/crc32"
 	"unsafe"
+
+	"github.com/opencontainers/go-digest"
 )
 
 // windowTable says where the windows of an index decoded from its version 2
 // toc alone lie in its encoding's windows section. It is never changed
 // once decoded, so an Index stays safe to read from many goroutines.
 type windowTable struct {
-	base int64    // where the windows section starts in the encoding: the toc's length
+	toc  digest.Digest // SHA-256 of the toc it was decoded from
+	base int64         // where the windows section starts in the encoding: the toc's length
 	size int64    // the windows section's length
 	raw  int64    // bytes of every window, decompressed
 	refs []winRef // one per frame; raw 0 for a frame without a window
@@ -31,6 +34,16 @@ const sizeofWinRef = int64(unsafe.Sizeof(winRef{}))
 // frames need their windows (NeedsWindow) read from the encoding's windows
 // section before they decode.
 func (x *Index) WindowsLoaded() bool { return x.win == nil }
+
+// TOCDigest returns the SHA-256 of the toc an index whose windows are not
+// loaded was decoded from, "" for any other index: it names the encoding
+// the offsets of WindowRange refer to.
+func (x *Index) TOCDigest() digest.Digest {
+	if x.win == nil {
+		return ""
+	}
+	return x.win.toc
+}
 
 // NeedsWindow reports whether frame i has a window that is not loaded: its
 // decoding needs the bytes at WindowRange(i, i), turned into the window by

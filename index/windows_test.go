@@ -10,6 +10,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/opencontainers/go-digest"
 )
 
 const goldenV2IndexFile = "testdata/index-v2.golden"
@@ -82,6 +84,9 @@ func TestTOCAlone(t *testing.T) {
 			x, err := Decode(data[:tocLen])
 			if err != nil {
 				t.Fatalf("Decode(toc) error: %v", err)
+			}
+			if x.WindowsLoaded() && x.TOCDigest() != "" || !x.WindowsLoaded() && x.TOCDigest() != digest.FromBytes(data[:tocLen]) {
+				t.Errorf("TOCDigest() = %q, want the toc's digest when windows are not loaded", x.TOCDigest())
 			}
 			hasWindows := false
 			for _, f := range want.Frames {
