@@ -14,9 +14,9 @@ import (
 type windowTable struct {
 	toc  digest.Digest // SHA-256 of the toc it was decoded from
 	base int64         // where the windows section starts in the encoding: the toc's length
-	size int64    // the windows section's length
-	raw  int64    // bytes of every window, decompressed
-	refs []winRef // one per frame; raw 0 for a frame without a window
+	size int64         // the windows section's length
+	raw  int64         // bytes of every window, decompressed
+	refs []winRef      // one per frame; raw 0 for a frame without a window
 }
 
 // winRef is where one frame's window lies in the windows section.

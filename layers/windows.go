@@ -92,7 +92,6 @@ func withWindows(ctx context.Context, client *fetch.Client, store *cache.Store, 
 	return x.WithWindows(data)
 }
 
-
 // readRun fetches the compressed bytes of frames first to last of x with
 // one Range read and, when x's windows are not loaded, their windows with
 // another from o, at the same time. wins[k-first] is frame k's window (nil
