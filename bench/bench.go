@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -38,6 +39,7 @@ type Config struct {
 	BinDir        string        // holds the lazyrun and lazyfs binaries to measure
 	Timeout       time.Duration // limit of one command; 0 = 10 minutes
 	LoopSize      int64         // bytes of each fresh ext4 image; 0 = 16 GiB (sparse); -1 = no loop file systems
+	Span          int64         // checkpoint spacing of the pushed indexes (lazyfs index --span); 0 = lazyfs's default
 	Log           io.Writer     // progress; nil = os.Stderr
 }
 
@@ -150,7 +152,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.OutDir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	r.res = &Results{Started: time.Now(), Settings: Settings{Rate: cfg.Rate, RTT: cfg.RTT, Runs: cfg.Runs,
+	r.res = &Results{Started: time.Now(), Settings: Settings{Rate: cfg.Rate, RTT: cfg.RTT, Runs: cfg.Runs, Span: cfg.Span,
 		Modes: cfg.Modes, Scale: cfg.Scale, LoopFS: cfg.LoopSize > 0}}
 	r.res.Machine = machineInfo(ctx, cfg.BinDir)
 
@@ -254,8 +256,11 @@ func (r *runner) setup(ctx context.Context, ws []Workload) error {
 		}
 		idxRoot := filepath.Join(r.cfg.WorkDir, "index-"+n)
 		log := r.logPath("index-" + n)
-		if _, _, err := r.command(ctx, log, nil, filepath.Join(r.cfg.BinDir, "lazyfs"), "--root", idxRoot, "--insecure",
-			"index", "--push", r.reg.Addr+"/"+b.Ref); err != nil {
+		args := []string{filepath.Join(r.cfg.BinDir, "lazyfs"), "--root", idxRoot, "--insecure", "index", "--push"}
+		if r.cfg.Span > 0 {
+			args = append(args, "--span", strconv.FormatInt(r.cfg.Span, 10))
+		}
+		if _, _, err := r.command(ctx, log, nil, append(args, r.reg.Addr+"/"+b.Ref)...); err != nil {
 			return fmt.Errorf("index %s: %w", b.Ref, err)
 		}
 		os.RemoveAll(idxRoot)

@@ -50,12 +50,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		timeout   = fs.Duration("timeout", 5*time.Minute, "limit of each command")
 		loopSize  = fs.Int64("loop-size", 16<<30, "bytes of the fresh ext4 loop file system of each cold run (sparse)")
 		noLoop    = fs.Bool("no-loop", false, "no loop file systems: cold runs use plain directories under -work")
+		span      = fs.Int64("span", 0, "uncompressed bytes between index checkpoints of the pushed indexes (0 = lazyfs index's default)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	cfg := bench.Config{RTT: *rtt, Runs: *runs, ScaleWorkload: *scaleW, Sharing: *sharing,
-		WorkDir: *work, OutDir: *out, BinDir: *bin, Timeout: *timeout, LoopSize: *loopSize, Log: stderr}
+		WorkDir: *work, OutDir: *out, BinDir: *bin, Timeout: *timeout, LoopSize: *loopSize, Span: *span, Log: stderr}
 	var err error
 	if cfg.Rate, err = parseRate(*rate); err != nil {
 		fmt.Fprintf(stderr, "lazybench: -rate: %v\n", err)
