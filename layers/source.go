@@ -36,6 +36,8 @@ type Source struct {
 	inflight    map[digest.Digest]chan struct{} // frames a prefetch request is fetching
 	prefetching map[digest.Digest]int           // prefetch jobs of each layer not finished
 	origins     map[digest.Digest]windowOrigin  // where the windows of each toc-only index are, by toc digest
+	winGroups   map[winGroupKey]*winGroup       // windows fetched for frames near the one asked for, not yet taken
+	winOrder    []winGroupKey                   // winGroups' keys, oldest first (some may be gone)
 
 	rec *Recorder // nil unless recording a profile
 
@@ -73,7 +75,7 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 	s := &Source{client: client, repo: repo, store: store, log: log,
 		whole: map[digest.Digest]*whole{}, last: map[digest.Digest]int{}, ahead: map[digest.Digest]int{},
 		inflight: map[digest.Digest]chan struct{}{}, prefetching: map[digest.Digest]int{},
-		origins:  map[digest.Digest]windowOrigin{},
+		origins: map[digest.Digest]windowOrigin{}, winGroups: map[winGroupKey]*winGroup{},
 		aheadSem: make(chan struct{}, readaheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead,
 		metrics: noMetrics{}}
 	s.stop, s.cancel = context.WithCancel(context.Background())
@@ -257,11 +259,8 @@ func (s *Source) readFrame(ctx context.Context, x *index.Index, i int) (comp, wi
 		return nil, nil, err
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		ws, err := readWindows(gctx, s.client, o, x, i, i)
-		if err == nil {
-			win = ws[0]
-		}
+	g.Go(func() (err error) {
+		win, err = s.window(gctx, o, x, i)
 		return err
 	})
 	g.Go(func() (err error) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"slices"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
@@ -116,4 +117,98 @@ func readRun(ctx context.Context, client *fetch.Client, repo string, o windowOri
 		return nil, nil, err
 	}
 	return buf, wins, nil
+}
+
+// A frame's window is fetched together with those of the frames near it:
+// the windows of frames [k·windowGroupFrames, (k+1)·windowGroupFrames) of a
+// toc take one Range read of ~10–15 KB each, made once however many of the
+// group's frames are loading (read-ahead asks for the next ones at once),
+// and kept until each has been taken. At most maxWindowGroups groups are
+// kept (≤ 8 MiB of windows); the oldest fetched go first.
+const (
+	windowGroupFrames = 8
+	maxWindowGroups   = 32
+)
+
+type winGroupKey struct {
+	toc   digest.Digest
+	group int
+}
+
+// winGroup is one fetch of a group's windows.
+type winGroup struct {
+	done chan struct{} // closed when ws and err are set
+	ws   [][]byte      // per frame of the group; nil for none
+	err  error
+	left int // windows not yet taken; guarded by Source.mu
+}
+
+// window returns the window of frame i of x (which needs one), fetching
+// its group's windows from o unless a fetch of them is running or done.
+func (s *Source) window(ctx context.Context, o windowOrigin, x *index.Index, i int) ([]byte, error) {
+	key := winGroupKey{x.TOCDigest(), i / windowGroupFrames}
+	first := key.group * windowGroupFrames
+	last := min(first+windowGroupFrames, len(x.Frames)) - 1
+	s.mu.Lock()
+	g := s.winGroups[key]
+	mine := g == nil
+	if mine {
+		g = &winGroup{done: make(chan struct{})}
+		s.winGroups[key] = g
+		s.winOrder = append(s.winOrder, key)
+		s.evictWindowGroupsLocked()
+	}
+	s.mu.Unlock()
+	if mine {
+		ws, err := readWindows(ctx, s.client, o, x, first, last)
+		s.mu.Lock()
+		g.ws, g.err = ws, err
+		for _, w := range ws {
+			if w != nil {
+				g.left++
+			}
+		}
+		if err != nil && s.winGroups[key] == g {
+			delete(s.winGroups, key) // the next reader tries again
+		}
+		s.mu.Unlock()
+		close(g.done)
+	}
+	select {
+	case <-g.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if g.err != nil {
+		return nil, g.err
+	}
+	w := g.ws[i-first]
+	s.mu.Lock()
+	if g.left--; g.left <= 0 && s.winGroups[key] == g {
+		delete(s.winGroups, key)
+	}
+	s.mu.Unlock()
+	return w, nil
+}
+
+// evictWindowGroupsLocked drops the oldest finished groups past
+// maxWindowGroups. s.mu is held.
+func (s *Source) evictWindowGroupsLocked() {
+	for len(s.winGroups) > maxWindowGroups && len(s.winOrder) > 0 {
+		k := s.winOrder[0]
+		g := s.winGroups[k]
+		if g != nil {
+			select {
+			case <-g.done:
+			default:
+				return // the oldest is still fetching: keep it, and its followers
+			}
+			delete(s.winGroups, k)
+		}
+		s.winOrder = s.winOrder[1:]
+	}
+	if len(s.winOrder) > 4*maxWindowGroups {
+		// Keys of groups taken whole pile up: keep only those still there.
+		s.winOrder = slices.DeleteFunc(s.winOrder, func(k winGroupKey) bool { return s.winGroups[k] == nil })
+	}
 }

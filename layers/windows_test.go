@@ -79,9 +79,30 @@ func TestLazyWindows(t *testing.T) {
 	if n := st.Blobs[blob.Digest].Requests; n < 1 || n > 2 {
 		t.Errorf("window requests = %d, want 1 or 2 (one of them corrupted)", n)
 	}
-	if n := st.Blobs[blob.Digest].Bytes; n > 2*(32<<10) {
+	if n := st.Blobs[blob.Digest].Bytes; n > 2*windowGroupFrames*(32<<10) {
 		t.Errorf("window requests fetched %d bytes", n)
 	}
+
+	// Reading on through the layer fetches the windows of each group of
+	// frames once.
+	e.proxy.ClearStats()
+	var groups = map[int]bool{}
+	for i := k + 1; i < len(x.Frames); i++ {
+		if _, err := src.Frame(ctx, x, i); err != nil {
+			t.Fatalf("Frame(%d): %v", i, err)
+		}
+		if x.NeedsWindow(i) && i/windowGroupFrames != k/windowGroupFrames { // k's group was fetched with k
+			groups[i/windowGroupFrames] = true
+		}
+	}
+	if n := e.proxy.Stats().Blobs[blob.Digest].Requests; n != len(groups) {
+		t.Errorf("reading frames %d to %d made %d window requests, want %d (one per group of %d)", k+1, len(x.Frames)-1, n, len(groups), windowGroupFrames)
+	}
+	src.mu.Lock()
+	if n := len(src.winGroups); n > 1 {
+		t.Errorf("%d window groups kept after every frame was read, want at most the first's", n)
+	}
+	src.mu.Unlock()
 
 	// The next process on that root finds the toc locally and reads
 	// windows again from where it came from.
