@@ -179,7 +179,6 @@ func (s *Source) prefetchRun(ctx context.Context, x *index.Index, run []int) (in
 	if s.meter != nil {
 		ctx = fetch.WithMeter(ctx, s.meter)
 	}
-	var wins [][]byte
 	var o windowOrigin
 	if !x.WindowsLoaded() {
 		var err error
