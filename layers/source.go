@@ -36,8 +36,8 @@ type Source struct {
 	inflight    map[digest.Digest]chan struct{} // frames a prefetch request is fetching
 	prefetching map[digest.Digest]int           // prefetch jobs of each layer not finished
 	origins     map[digest.Digest]windowOrigin  // where the windows of each toc-only index are, by toc digest
-	winFrames   map[winKey]*winGroup            // the read of each frame's window, until the frame takes it
-	winGroups   []*winGroup                     // those reads, oldest first (some may be taken whole)
+	winGroups   map[winGroupKey]*winGroup       // windows fetched for frames near the one asked for, not yet taken
+	winOrder    []winGroupKey                   // winGroups' keys, oldest first (some may be gone)
 
 	rec *Recorder // nil unless recording a profile
 
@@ -75,7 +75,7 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 	s := &Source{client: client, repo: repo, store: store, log: log,
 		whole: map[digest.Digest]*whole{}, last: map[digest.Digest]int{}, ahead: map[digest.Digest]int{},
 		inflight: map[digest.Digest]chan struct{}{}, prefetching: map[digest.Digest]int{},
-		origins: map[digest.Digest]windowOrigin{}, winFrames: map[winKey]*winGroup{},
+		origins: map[digest.Digest]windowOrigin{}, winGroups: map[winGroupKey]*winGroup{},
 		aheadSem: make(chan struct{}, readaheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead,
 		metrics: noMetrics{}}
 	s.stop, s.cancel = context.WithCancel(context.Background())

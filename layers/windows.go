@@ -119,64 +119,57 @@ func readRun(ctx context.Context, client *fetch.Client, repo string, o windowOri
 	return buf, wins, nil
 }
 
-// A frame's window is fetched with one Range read of the index blob. When
-// the layer is read in order (read-ahead has been asked for past the
-// frame), the read also takes the windows of the next readahead frames,
-// which read-ahead is loading at that moment: they wait for it rather
-// than make reads of their own. A scattered read fetches its window
-// alone. Windows are kept until taken, at most maxKeptWindows frames'
-// (≤ 8 MiB), the oldest fetched dropped first.
-const maxKeptWindows = 256
+// A frame's window is fetched together with those of the frames near it:
+// the windows of frames [k·windowGroupFrames, (k+1)·windowGroupFrames) of a
+// toc take one Range read of ~10–15 KB each, made once however many of the
+// group's frames are loading (read-ahead asks for the next ones at once),
+// and kept until each has been taken. At most maxWindowGroups groups are
+// kept (≤ 8 MiB of windows); the oldest fetched go first.
+const (
+	windowGroupFrames = 8
+	maxWindowGroups   = 32
+)
 
-type winKey struct {
+type winGroupKey struct {
 	toc   digest.Digest
-	frame int
+	group int
 }
 
-// winGroup is one read of the windows of frames first to last.
+// winGroup is one fetch of a group's windows.
 type winGroup struct {
-	first, last int
-	keys        []winKey      // frames that wait for it, not yet taken; guarded by Source.mu
-	done        chan struct{} // closed when ws and err are set
-	ws          [][]byte      // per frame first..last
-	err         error
+	done chan struct{} // closed when ws and err are set
+	ws   [][]byte      // per frame of the group; nil for none
+	err  error
+	left int // windows not yet taken; guarded by Source.mu
 }
 
 // window returns the window of frame i of x (which needs one), fetching
-// it from o (with those of the frames read-ahead is loading) unless a read
-// that has it is running or done.
+// its group's windows from o unless a fetch of them is running or done.
 func (s *Source) window(ctx context.Context, o windowOrigin, x *index.Index, i int) ([]byte, error) {
-	toc := x.TOCDigest()
+	key := winGroupKey{x.TOCDigest(), i / windowGroupFrames}
+	first := key.group * windowGroupFrames
+	last := min(first+windowGroupFrames, len(x.Frames)) - 1
 	s.mu.Lock()
-	g := s.winFrames[winKey{toc, i}]
+	g := s.winGroups[key]
 	mine := g == nil
 	if mine {
-		g = &winGroup{first: i, last: i, done: make(chan struct{})}
-		end := i
-		if s.ahead[x.Layer] > i {
-			end = min(s.ahead[x.Layer], i+s.readahead, len(x.Frames)-1)
-		}
-		for k := i; k <= end; k++ {
-			key := winKey{toc, k}
-			if k > i && s.winFrames[key] != nil {
-				break // a read of its own has it, and the rest
-			}
-			g.last = k
-			if x.NeedsWindow(k) {
-				s.winFrames[key] = g
-				g.keys = append(g.keys, key)
-			}
-		}
-		s.winGroups = append(s.winGroups, g)
-		s.evictWindowsLocked()
+		g = &winGroup{done: make(chan struct{})}
+		s.winGroups[key] = g
+		s.winOrder = append(s.winOrder, key)
+		s.evictWindowGroupsLocked()
 	}
 	s.mu.Unlock()
 	if mine {
-		ws, err := readWindows(ctx, s.client, o, x, g.first, g.last)
+		ws, err := readWindows(ctx, s.client, o, x, first, last)
 		s.mu.Lock()
 		g.ws, g.err = ws, err
-		if err != nil {
-			s.dropWindowsLocked(g) // the next reader tries again
+		for _, w := range ws {
+			if w != nil {
+				g.left++
+			}
+		}
+		if err != nil && s.winGroups[key] == g {
+			delete(s.winGroups, key) // the next reader tries again
 		}
 		s.mu.Unlock()
 		close(g.done)
@@ -189,41 +182,33 @@ func (s *Source) window(ctx context.Context, o windowOrigin, x *index.Index, i i
 	if g.err != nil {
 		return nil, g.err
 	}
+	w := g.ws[i-first]
 	s.mu.Lock()
-	key := winKey{toc, i}
-	if s.winFrames[key] == g {
-		delete(s.winFrames, key)
-		g.keys = slices.DeleteFunc(g.keys, func(k winKey) bool { return k == key })
+	if g.left--; g.left <= 0 && s.winGroups[key] == g {
+		delete(s.winGroups, key)
 	}
 	s.mu.Unlock()
-	return g.ws[i-g.first], nil
+	return w, nil
 }
 
-// dropWindowsLocked forgets g's windows not yet taken. s.mu is held.
-func (s *Source) dropWindowsLocked(g *winGroup) {
-	for _, k := range g.keys {
-		if s.winFrames[k] == g {
-			delete(s.winFrames, k)
+// evictWindowGroupsLocked drops the oldest finished groups past
+// maxWindowGroups. s.mu is held.
+func (s *Source) evictWindowGroupsLocked() {
+	for len(s.winGroups) > maxWindowGroups && len(s.winOrder) > 0 {
+		k := s.winOrder[0]
+		g := s.winGroups[k]
+		if g != nil {
+			select {
+			case <-g.done:
+			default:
+				return // the oldest is still fetching: keep it, and its followers
+			}
+			delete(s.winGroups, k)
 		}
+		s.winOrder = s.winOrder[1:]
 	}
-	g.keys = nil
-}
-
-// evictWindowsLocked drops the oldest finished reads' windows while more
-// than maxKeptWindows frames wait for theirs. s.mu is held.
-func (s *Source) evictWindowsLocked() {
-	for len(s.winFrames) > maxKeptWindows && len(s.winGroups) > 0 {
-		g := s.winGroups[0]
-		select {
-		case <-g.done:
-		default:
-			return // the oldest is still fetching: keep it, and its followers
-		}
-		s.dropWindowsLocked(g)
-		s.winGroups = s.winGroups[1:]
-	}
-	// Reads whose windows were all taken need no place in the list.
-	if len(s.winGroups) > 2*maxKeptWindows {
-		s.winGroups = slices.DeleteFunc(s.winGroups, func(g *winGroup) bool { return len(g.keys) == 0 })
+	if len(s.winOrder) > 4*maxWindowGroups {
+		// Keys of groups taken whole pile up: keep only those still there.
+		s.winOrder = slices.DeleteFunc(s.winOrder, func(k winGroupKey) bool { return s.winGroups[k] == nil })
 	}
 }
