@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -49,7 +50,10 @@ type Config struct {
 	// file-system measurement: the runs then see the page cache as the
 	// previous ones left it.
 	FSKeepPageCache bool
-	Log             io.Writer // progress; nil = os.Stderr
+	// Span is the checkpoint spacing of the pushed indexes (lazyfs index
+	// --span); 0 = lazyfs's default.
+	Span int64
+	Log  io.Writer // progress; nil = os.Stderr
 }
 
 // The modes measured per workload, in table order.
@@ -173,7 +177,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.OutDir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	r.res = &Results{Started: time.Now(), Settings: Settings{Rate: cfg.Rate, RTT: cfg.RTT, Runs: cfg.Runs,
+	r.res = &Results{Started: time.Now(), Settings: Settings{Rate: cfg.Rate, RTT: cfg.RTT, Runs: cfg.Runs, Span: cfg.Span,
 		Modes: cfg.Modes, Scale: cfg.Scale, LoopFS: cfg.LoopSize > 0, FS: cfg.FS}}
 	if cfg.FSOnly {
 		r.res.Settings.Modes = nil // no workloads: no start-up modes measured
@@ -289,8 +293,11 @@ func (r *runner) setup(ctx context.Context, ws []Workload) error {
 		}
 		idxRoot := filepath.Join(r.cfg.WorkDir, "index-"+n)
 		log := r.logPath("index-" + n)
-		if _, _, err := r.command(ctx, log, nil, filepath.Join(r.cfg.BinDir, "lazyfs"), "--root", idxRoot, "--insecure",
-			"index", "--push", r.reg.Addr+"/"+b.Ref); err != nil {
+		args := []string{filepath.Join(r.cfg.BinDir, "lazyfs"), "--root", idxRoot, "--insecure", "index", "--push"}
+		if r.cfg.Span > 0 {
+			args = append(args, "--span", strconv.FormatInt(r.cfg.Span, 10))
+		}
+		if _, _, err := r.command(ctx, log, nil, append(args, r.reg.Addr+"/"+b.Ref)...); err != nil {
 			return fmt.Errorf("index %s: %w", b.Ref, err)
 		}
 		os.RemoveAll(idxRoot)

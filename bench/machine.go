@@ -87,6 +87,11 @@ func (res *Results) machineText() string {
 	fmt.Fprintf(&b, "\nlink         %s on a veth pair into a network namespace (tc tbf on both ends), RTT %v added by a delaying TCP proxy on 127.0.0.1\n",
 		rateString(s.Rate), s.RTT)
 	fmt.Fprintf(&b, "measured     GET /v2/ on a new connection: %v (≈ 2×RTT); 50 MB blob GET: %.1f Mbit/s\n", s.MeasuredGet, s.MeasuredMbps)
+	if s.Span > 0 {
+		fmt.Fprintf(&b, "span         %d bytes between index checkpoints (lazyfs index --span)\n", s.Span)
+	} else {
+		fmt.Fprintf(&b, "span         lazyfs's default between index checkpoints\n")
+	}
 	fmt.Fprintf(&b, "registry at  %s (the proxy)\nruns         %d per measurement (medians reported)\nmodes        %s\n", s.Registry, s.Runs, strings.Join(s.Modes, ", "))
 	fmt.Fprintf(&b, "scale        %v\nstorage      %s\n", s.Scale, map[bool]string{true: "a fresh ext4 on a loop device per cold run", false: "the work directory's file system"}[s.LoopFS])
 	if s.FS {

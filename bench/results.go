@@ -35,6 +35,7 @@ type Settings struct {
 	Registry     string        // the address clients use (the delaying proxy)
 	MeasuredGet  time.Duration // median GET /v2/ on a new connection (≈ 2×RTT)
 	MeasuredMbps float64       // one 50 MB blob GET
+	Span         int64         // index checkpoint spacing asked for; 0 = lazyfs's default
 }
 
 // ImageInfo describes a pushed image.

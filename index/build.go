@@ -17,9 +17,12 @@ import (
 )
 
 // DefaultSpan is the uncompressed distance between frame starts when
-// BuildOptions leaves it unset: small enough that a cold read of a small
-// file fetches little, large enough that windows stay a few percent of a layer.
-const DefaultSpan = 1 << 20
+// BuildOptions leaves it unset. Chosen by the bench (docs/architecture.md,
+// "Choosing the span"): with windows fetched on demand (encoding version
+// 2) the toc a start fetches stays ~0.1–0.2 % of a layer at any span, and
+// 256 KiB fetched 42–66 % fewer bytes than version 1 at 1 MiB and started
+// python3 and gcc 12–47 % sooner; 128 KiB was slower again (more round trips).
+const DefaultSpan = 256 << 10
 
 // MaxSpan is the largest BuildOptions.Span.
 const MaxSpan = 32 << 20

@@ -13,12 +13,32 @@ import (
 // DecodeFrame turns the compressed bytes of frame i (the blob's bytes
 // [CompressedOffset, CompressedOffset+CompressedSize)) into the frame's
 // uncompressed bytes. It checks the length, not the digest: the cache
-// verifies digests before anyone sees the bytes.
+// verifies digests before anyone sees the bytes. A frame whose window is
+// not loaded (NeedsWindow) is an error wrapping ErrWindowsNotLoaded: see
+// DecodeFrameWith.
 func (x *Index) DecodeFrame(i int, compressed []byte) ([]byte, error) {
+	return x.DecodeFrameWith(i, compressed, nil)
+}
+
+// DecodeFrameWith is DecodeFrame for a frame whose window is not loaded:
+// window is the frame's window as Windows returns it (ignored, and may be
+// nil, when the frame needs none). A wrong window decodes to wrong bytes,
+// which the frame's digest catches.
+func (x *Index) DecodeFrameWith(i int, compressed, window []byte) ([]byte, error) {
 	if i < 0 || i >= len(x.Frames) {
 		return nil, fmt.Errorf("decode frame %d of %d: no such frame", i, len(x.Frames))
 	}
 	f := &x.Frames[i]
+	win := f.Window
+	if x.NeedsWindow(i) {
+		if want := int(x.win.refs[i].raw); len(window) != want {
+			if window == nil {
+				return nil, fmt.Errorf("decode frame %d of layer %s: %w", i, x.Layer, ErrWindowsNotLoaded)
+			}
+			return nil, fmt.Errorf("decode frame %d: %w: window of %d bytes, want %d", i, ErrCorrupt, len(window), want)
+		}
+		win = window
+	}
 	if int64(len(compressed)) != f.CompressedSize {
 		return nil, fmt.Errorf("decode frame %d: %w: got %d compressed bytes, want %d", i, ErrCorrupt, len(compressed), f.CompressedSize)
 	}
@@ -28,7 +48,7 @@ func (x *Index) DecodeFrame(i int, compressed []byte) ([]byte, error) {
 		return compressed, nil
 	case FormatGzip:
 		r = inflate.NewReader(bytes.NewReader(compressed), inflate.Checkpoint{
-			In: f.CompressedOffset, Bits: f.Bits, Out: f.Offset, Window: f.Window,
+			In: f.CompressedOffset, Bits: f.Bits, Out: f.Offset, Window: win,
 		})
 	case FormatZstd:
 		zr, err := zstd.NewReader(bytes.NewReader(compressed), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(1<<27))

@@ -16,10 +16,35 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// The encoding of an Index, version 1. All integers are varints
-// (encoding/binary: "uvarint" unsigned, "svarint" zig-zag signed).
+// The encoding of an Index. All integers are varints (encoding/binary:
+// "uvarint" unsigned, "svarint" zig-zag signed). MarshalBinary writes
+// version 2; Decode reads versions 1 and 2.
 //
-//	envelope:
+// Version 2 keeps the windows out of the table of contents (toc): the
+// encoding is toc || windows, so that a reader may fetch the toc alone
+// (its length is in its first bytes: TOCLen) and each frame's window
+// later, with a Range read of the windows section (WindowRange).
+//
+//	version 2 envelope (the toc):
+//	  magic     8 bytes "LZFSIDX\x00"
+//	  version   uvarint, 2
+//	  rawLen    uvarint: length of the body once decompressed
+//	  zLen      uvarint: length of the compressed body
+//	  winLen    uvarint: length of the windows section after the toc
+//	  zbody     zLen bytes: the body as one zstd frame
+//	  crc       4 bytes: CRC-32C (Castagnoli), little endian, of every byte before it
+//	windows:    winLen bytes: each frame's window, stored on its own (one
+//	            zstd frame, or the raw bytes when that is not smaller), back
+//	            to back in frame order; frames without a window have none.
+//
+//	version 2 body: as version 1's, except that a frame's window field is
+//	    winRaw    uvarint: the window's length (0: no window, nothing follows)
+//	    [winRaw>0] winLen uvarint: its stored length in the windows section,
+//	              ≤ winRaw (= winRaw: stored raw; < winRaw: zstd); its offset
+//	              there is the sum of the earlier frames' winLen
+//	    [winRaw>0] winCRC 4 bytes: CRC-32C of the stored bytes, little endian
+//
+//	version 1 envelope:
 //	  magic     8 bytes "LZFSIDX\x00"
 //	  version   uvarint, 1
 //	  rawLen    uvarint: length of the body once decompressed
@@ -68,8 +93,14 @@ import (
 // so encodings without sparse files are unchanged, and one with a sparse
 // file is refused by such a build as corrupt (not mis-read).
 const (
-	encMagic   = "LZFSIDX\x00"
-	encVersion = 1
+	encMagic    = "LZFSIDX\x00"
+	encVersion1 = 1
+	encVersion2 = 2
+	encVersion  = encVersion2 // what MarshalBinary writes
+
+	// maxHeadLen is the most bytes an envelope's header (magic, version
+	// and the lengths) takes: TOCLen needs no more.
+	maxHeadLen = len(encMagic) + 4*binary.MaxVarintLen64
 
 	// encMaxDecoded bounds the memory one Decode may use (decompressed
 	// body, strings, entry, frame and xattr tables, windows), and
@@ -129,26 +160,70 @@ var (
 	})
 )
 
-// MarshalBinary encodes the index in the format Decode reads (see the
-// layout above). It refuses an index that does not pass Validate, and one
-// too large for Decode to accept.
+// ErrWindowsNotLoaded is wrapped when an operation needs the windows of an
+// index decoded from its toc alone (see WindowsLoaded).
+var ErrWindowsNotLoaded = errors.New("index: windows not loaded")
+
+// MarshalBinary encodes the index in the format Decode reads, version 2
+// (see the layout above): the toc, then the windows. It refuses an index
+// that does not pass Validate, one too large for Decode to accept, and
+// one decoded from its toc alone (ErrWindowsNotLoaded: see WithWindows).
 func (x *Index) MarshalBinary() ([]byte, error) {
+	return x.marshal(encVersion2)
+}
+
+// marshal encodes x in the given version (1 is kept for tests: it is what
+// earlier builds wrote).
+func (x *Index) marshal(version int) ([]byte, error) {
 	if err := x.Validate(); err != nil {
 		return nil, err
 	}
-	body, need := x.appendBody(nil)
+	if !x.WindowsLoaded() {
+		return nil, fmt.Errorf("encode index of %s: %w", x.Layer, ErrWindowsNotLoaded)
+	}
 	enc, err := zstdEncoder()
 	if err != nil {
 		return nil, fmt.Errorf("index: encode: %w", err)
 	}
+	var wins []byte
+	var refs []winRef
+	if version == encVersion2 {
+		wins, refs = x.packWindows(enc)
+	}
+	body, need, winNeed := x.appendBody(nil, version, refs)
 	if need > encMaxDecoded {
 		return nil, fmt.Errorf("index: encode: decoding would need %d bytes, more than the %d any encoding may use",
 			need, int64(encMaxDecoded))
 	}
 	// An index whose frames repeat (a layer of zeros: equal windows, equal
 	// digests) compresses past encMaxRatio. Padding the encoding up to
-	// need/encMaxRatio bytes keeps it within the decoder's bomb rule.
-	return seal(enc, body, (need+encMaxRatio-1)/encMaxRatio), nil
+	// need/encMaxRatio bytes keeps it within the decoder's bomb rule, for
+	// the toc alone and for toc and windows.
+	tocNeed := need - winNeed
+	minToc := max((tocNeed+encMaxRatio-1)/encMaxRatio, (need+encMaxRatio-1)/encMaxRatio-int64(len(wins)))
+	out := seal(enc, version, body, int64(len(wins)), minToc)
+	return append(out, wins...), nil
+}
+
+// packWindows compresses each frame's window on its own (kept raw when
+// that is not smaller) into the windows section, and returns it with
+// where each frame's window lies in it.
+func (x *Index) packWindows(enc *zstd.Encoder) ([]byte, []winRef) {
+	refs := make([]winRef, len(x.Frames))
+	var out []byte
+	for i := range x.Frames {
+		w := x.Frames[i].Window
+		if len(w) == 0 {
+			continue
+		}
+		z := enc.EncodeAll(w, nil)
+		if len(z) >= len(w) {
+			z = w
+		}
+		refs[i] = winRef{off: int64(len(out)), n: uint32(len(z)), raw: uint32(len(w)), crc: crc32.Checksum(z, crc32c)}
+		out = append(out, z...)
+	}
+	return out, refs
 }
 
 // UnmarshalBinary replaces *x with the index Decode(data) returns.
@@ -166,35 +241,41 @@ func decodeLimit(n int) int64 {
 	return min(encMaxDecoded, encMaxRatio*int64(n))
 }
 
-// seal compresses body and wraps it in the envelope, at least minLen bytes
-// long: a shorter encoding gets a zstd skippable frame of zeros after the
-// compressed body, which decoders pass over.
-func seal(enc *zstd.Encoder, body []byte, minLen int64) []byte {
+// seal compresses body and wraps it in the envelope of version, at least
+// minLen bytes long: a shorter encoding gets a zstd skippable frame of
+// zeros after the compressed body, which decoders pass over. winLen is the
+// length of the windows section that will follow (version 2).
+func seal(enc *zstd.Encoder, version int, body []byte, winLen, minLen int64) []byte {
 	z := enc.EncodeAll(body, make([]byte, 0, len(body)/4+64))
-	out := wrapBody(body, z)
+	out := wrapBody(version, body, z, winLen)
 	if short := minLen - int64(len(out)); short > 0 {
 		z = binary.LittleEndian.AppendUint32(z, 0x184D2A50) // skippable frame magic
 		z = binary.LittleEndian.AppendUint32(z, uint32(short))
 		z = append(z, make([]byte, short)...)
-		out = wrapBody(body, z)
+		out = wrapBody(version, body, z, winLen)
 	}
 	return out
 }
 
 // wrapBody wraps z, the compressed body, with magic, lengths and checksum.
-func wrapBody(body, z []byte) []byte {
-	out := make([]byte, 0, len(encMagic)+3*binary.MaxVarintLen64+len(z)+4)
+func wrapBody(version int, body, z []byte, winLen int64) []byte {
+	out := make([]byte, 0, maxHeadLen+len(z)+4)
 	out = append(out, encMagic...)
-	out = binary.AppendUvarint(out, encVersion)
+	out = binary.AppendUvarint(out, uint64(version))
 	out = binary.AppendUvarint(out, uint64(len(body)))
 	out = binary.AppendUvarint(out, uint64(len(z)))
+	if version >= encVersion2 {
+		out = binary.AppendUvarint(out, uint64(winLen))
+	}
 	out = append(out, z...)
 	return binary.LittleEndian.AppendUint32(out, crc32.Checksum(out, crc32c))
 }
 
-// appendBody appends the uncompressed body of a valid index to b. It also
-// returns how many bytes Decode will allocate for it.
-func (x *Index) appendBody(b []byte) ([]byte, int64) {
+// appendBody appends the uncompressed body of a valid index to b, in the
+// given version (refs: where each window lies, for version 2). It also
+// returns how many bytes Decode will allocate for it, and how many of
+// those are windows.
+func (x *Index) appendBody(b []byte, version int, refs []winRef) ([]byte, int64, int64) {
 	strBytes := int64(len(x.Layer)) + int64(len(x.Frames))*int64(sha256TextLen)
 	var nXattrs, nExtents, winBytes, est int64
 	for i := range x.Frames {
@@ -236,8 +317,16 @@ func (x *Index) appendBody(b []byte) ([]byte, int64) {
 			cEnd = f.CompressedOffset + f.CompressedSize
 		}
 		b = append(b, f.Bits)
-		b = binary.AppendUvarint(b, uint64(len(f.Window)))
-		b = append(b, f.Window...)
+		if version == encVersion1 {
+			b = binary.AppendUvarint(b, uint64(len(f.Window)))
+			b = append(b, f.Window...)
+		} else {
+			b = binary.AppendUvarint(b, uint64(len(f.Window)))
+			if len(f.Window) > 0 {
+				b = binary.AppendUvarint(b, uint64(refs[i].n))
+				b = binary.LittleEndian.AppendUint32(b, refs[i].crc)
+			}
+		}
 		b = appendSHA256(b, f.Digest)
 	}
 
@@ -316,7 +405,7 @@ func (x *Index) appendBody(b []byte) ([]byte, int64) {
 	need := int64(len(b)-start) + strBytes + winBytes +
 		int64(len(x.Entries))*sizeofEntry + int64(len(x.Frames))*sizeofFrame + nXattrs*sizeofXattr +
 		nExtents*sizeofExtent
-	return b, need
+	return b, need, winBytes
 }
 
 // appendSHA256 appends the 32 raw bytes of d, which Validate made sure is
@@ -351,70 +440,158 @@ func commonPrefix(a, b string) int {
 	return n
 }
 
+// header is what an envelope's first bytes say.
+type header struct {
+	version       uint64
+	rawLen, zLen  uint64
+	winLen        uint64 // version 2: the windows section's length
+	headLen       int    // bytes of magic, version and lengths
+	tocLen, total int64  // the envelope's length; with the windows section
+}
+
+// parseHeader reads the header at the start of data. An unknown version
+// wraps ErrUnsupportedVersion; everything else wrong wraps ErrCorrupt.
+func parseHeader(data []byte) (header, error) {
+	var h header
+	if len(data) < len(encMagic) || string(data[:len(encMagic)]) != encMagic {
+		return h, fmt.Errorf("%w: not an index encoding (bad magic)", ErrCorrupt)
+	}
+	d := decoder{buf: data, pos: len(encMagic)}
+	h.version = d.uvarint("version")
+	if d.msg != "" {
+		return h, d.errorf("header")
+	}
+	if h.version != encVersion1 && h.version != encVersion2 {
+		return h, fmt.Errorf("%w %d (this build reads %d and %d)", ErrUnsupportedVersion, h.version, encVersion1, encVersion2)
+	}
+	h.rawLen = d.uvarint("body length")
+	h.zLen = d.uvarint("compressed body length")
+	if h.version == encVersion2 {
+		h.winLen = d.uvarint("windows length")
+	}
+	if d.msg != "" {
+		return h, d.errorf("header")
+	}
+	if h.zLen > encMaxDecoded || h.winLen > encMaxDecoded {
+		return h, fmt.Errorf("%w: header: lengths %d and %d too large", ErrCorrupt, h.zLen, h.winLen)
+	}
+	h.headLen = d.pos
+	h.tocLen = int64(d.pos) + int64(h.zLen) + 4
+	h.total = h.tocLen + int64(h.winLen)
+	return h, nil
+}
+
+// TOCLen reads the first bytes of an encoding (at most 48 are needed; fewer
+// will do when the lengths are short) and returns the length of its toc
+// and of the windows section that follows it. A version 1 encoding has its
+// windows inside: its toc is all of it, and windows is 0. Too few bytes
+// wrap ErrCorrupt.
+func TOCLen(head []byte) (toc, windows int64, err error) {
+	h, err := parseHeader(head)
+	if err != nil {
+		return 0, 0, err
+	}
+	return h.tocLen, int64(h.winLen), nil
+}
+
+// TOCHeadLen is how many first bytes of an encoding TOCLen may need.
+const TOCHeadLen = maxHeadLen
+
 // Decode parses an encoding made by MarshalBinary and checks it with
-// Validate. Every problem with data (truncation, a flipped bit, an
-// impossible count or length, an index that breaks a rule) is reported by
-// an error wrapping ErrCorrupt; an encoding of an unknown version by one
-// wrapping ErrUnsupportedVersion. Decode never panics, and allocates in
-// proportion to what the data holds: at most 4096 times the length of
-// data, and never more than 2 GiB (MarshalBinary refuses to make an
-// encoding that would need more).
+// Validate. Version 2 may be given whole (toc and windows: every window
+// is loaded) or as its toc alone (the first TOCLen bytes): then no
+// Frame.Window is set, WindowsLoaded is false, and the windows are read
+// with WindowRange and Windows. Version 1 is always whole.
+//
+// Every problem with data (truncation, a flipped bit, an impossible count
+// or length, an index that breaks a rule) is reported by an error
+// wrapping ErrCorrupt; an encoding of an unknown version by one wrapping
+// ErrUnsupportedVersion. Decode never panics, and allocates in proportion
+// to what the data holds: at most 4096 times the length of data, and never
+// more than 2 GiB (MarshalBinary refuses to make an encoding that would
+// need more).
 //
 // Entries and frames share a few allocations: paths and other strings
 // point into one buffer, windows into another, each entry's Xattrs into one
 // table. ModTime is in the Local time zone, as archive/tar returns it; no
 // xattrs decode as nil Xattrs, no window as nil Window.
 func Decode(data []byte) (*Index, error) {
-	if len(data) < len(encMagic) || string(data[:len(encMagic)]) != encMagic {
-		return nil, fmt.Errorf("%w: not an index encoding (bad magic)", ErrCorrupt)
+	h, err := parseHeader(data)
+	if err != nil {
+		return nil, err
 	}
-	d := decoder{buf: data, pos: len(encMagic)}
-	version := d.uvarint("version")
-	if d.msg != "" {
-		return nil, d.errorf("header")
+	if h.version == encVersion1 && int64(len(data)) != h.tocLen && len(data) >= h.headLen+4 {
+		return nil, fmt.Errorf("%w: compressed body length %d, but %d bytes follow", ErrCorrupt, h.zLen, len(data)-h.headLen-4)
 	}
-	if version != encVersion {
-		return nil, fmt.Errorf("%w %d (this build reads %d)", ErrUnsupportedVersion, version, encVersion)
+	if int64(len(data)) < h.tocLen {
+		return nil, fmt.Errorf("%w: %d bytes, the header says %d (truncated)", ErrCorrupt, len(data), h.tocLen)
 	}
-	if len(data) < d.pos+4 {
-		return nil, fmt.Errorf("%w: %d bytes, too short for an index encoding", ErrCorrupt, len(data))
-	}
-	sealed := data[:len(data)-4]
-	if got, want := crc32.Checksum(sealed, crc32c), binary.LittleEndian.Uint32(data[len(data)-4:]); got != want {
+	toc := data[:h.tocLen]
+	sealed := toc[:len(toc)-4]
+	if got, want := crc32.Checksum(sealed, crc32c), binary.LittleEndian.Uint32(toc[len(toc)-4:]); got != want {
 		return nil, fmt.Errorf("%w: checksum %08x, want %08x (truncated or damaged)", ErrCorrupt, got, want)
 	}
-	d.buf = sealed
-	rawLen := d.uvarint("body length")
-	zLen := d.uvarint("compressed body length")
-	if d.msg != "" {
-		return nil, d.errorf("header")
-	}
-	if zLen != uint64(len(d.buf)-d.pos) {
-		return nil, fmt.Errorf("%w: compressed body length %d, but %d bytes follow", ErrCorrupt, zLen, len(d.buf)-d.pos)
+	var wins []byte
+	switch rest := int64(len(data)) - h.tocLen; {
+	case rest == 0:
+	case h.version == encVersion1:
+		return nil, fmt.Errorf("%w: %d bytes after the encoding", ErrCorrupt, rest)
+	case rest != int64(h.winLen):
+		return nil, fmt.Errorf("%w: windows section of %d bytes, the header says %d (truncated?)", ErrCorrupt, rest, h.winLen)
+	default:
+		wins = data[h.tocLen:]
 	}
 	limit := decodeLimit(len(data))
-	if rawLen > uint64(limit) {
+	if h.rawLen > uint64(limit) {
 		return nil, fmt.Errorf("%w: body length %d exceeds the %d bytes a %d-byte encoding may decode to",
-			ErrCorrupt, rawLen, limit, len(data))
+			ErrCorrupt, h.rawLen, limit, len(data))
 	}
 	dec, err := zstdDecoder()
 	if err != nil {
 		return nil, fmt.Errorf("index: decode: %w", err)
 	}
-	body, err := dec.DecodeAll(d.buf[d.pos:], make([]byte, 0, rawLen))
+	body, err := dec.DecodeAll(sealed[h.headLen:], make([]byte, 0, h.rawLen))
 	if err != nil {
 		return nil, fmt.Errorf("%w: body: %w", ErrCorrupt, err)
 	}
-	if uint64(len(body)) != rawLen {
-		return nil, fmt.Errorf("%w: body decompressed to %d bytes, want %d", ErrCorrupt, len(body), rawLen)
+	if uint64(len(body)) != h.rawLen {
+		return nil, fmt.Errorf("%w: body decompressed to %d bytes, want %d", ErrCorrupt, len(body), h.rawLen)
 	}
-	return decodeBody(body, limit-int64(rawLen))
+	budget := limit - int64(h.rawLen)
+	x, err := decodeBodyV(body, &budget, int(h.version), h.tocLen, int64(h.winLen))
+	if err != nil {
+		return nil, err
+	}
+	if x.win != nil {
+		x.win.toc = digest.FromBytes(toc)
+	}
+	if wins != nil && x.win != nil {
+		if x.win.raw > budget {
+			return nil, fmt.Errorf("%w: windows: %d bytes exceed the decoding limit", ErrCorrupt, x.win.raw)
+		}
+		// Nobody else has x yet: its frames take their windows in place.
+		if err := x.loadWindows(x.Frames, wins); err != nil {
+			return nil, err
+		}
+		x.win = nil
+	}
+	return x, nil
 }
 
-// decodeBody parses an uncompressed body, allocating at most budget bytes
-// beyond it, and validates the result. Windows and strings are copied out:
-// the index keeps no reference to body.
+// decodeBody parses an uncompressed version 1 body, allocating at most
+// budget bytes beyond it, and validates the result.
 func decodeBody(body []byte, budget int64) (*Index, error) {
+	return decodeBodyV(body, &budget, encVersion1, 0, 0)
+}
+
+// decodeBodyV parses an uncompressed body of the given version, taking
+// what it allocates beyond it from *budget, and validates the result.
+// Windows and strings are copied out: the index keeps no reference to
+// body. A version 2 body's windows are not loaded; tocLen and winLen are
+// where its windows section is and how long.
+func decodeBodyV(body []byte, pbudget *int64, version int, tocLen, winLen int64) (*Index, error) {
+	budget := *pbudget
+	defer func() { *pbudget = budget }()
 	d := decoder{buf: body}
 	x := &Index{Format: Format(d.byte("format"))}
 	layerLen := d.uvarint("layer digest length")
@@ -453,7 +630,8 @@ func decodeBody(body []byte, budget int64) (*Index, error) {
 		x.Frames = make([]Frame, nFrames)
 	}
 	var winBytes int
-	var off, cEnd int64
+	var off, cEnd, winOff int64
+	var wt *windowTable // version 2, once a frame has a window
 	for i := range x.Frames {
 		f := &x.Frames[i]
 		f.Offset = off
@@ -479,15 +657,48 @@ func decodeBody(body []byte, budget int64) (*Index, error) {
 		}
 		f.Bits = d.byte("bits")
 		wl := d.uvarint("window length")
-		if w := d.bytes(wl, "window"); len(w) > 0 {
-			f.Window = w // points into body until copied below
-			winBytes += len(w)
+		if version == encVersion1 {
+			if w := d.bytes(wl, "window"); len(w) > 0 {
+				f.Window = w // points into body until copied below
+				winBytes += len(w)
+			}
+		} else if wl > 0 {
+			if wt == nil {
+				// One winRef per frame; nFrames is below len(body), and the
+				// table is small beside the windows it saves.
+				if int64(nFrames)*sizeofWinRef > budget {
+					return nil, fmt.Errorf("%w: window table exceeds the decoding limit", ErrCorrupt)
+				}
+				budget -= int64(nFrames) * sizeofWinRef
+				wt = &windowTable{base: tocLen, size: winLen, refs: make([]winRef, nFrames)}
+			}
+			n := d.uvarint("stored window length")
+			crc := d.bytes(4, "window checksum")
+			switch {
+			case d.msg != "":
+			case x.Format != FormatGzip:
+				d.failf("a window in a %s layer (gzip only)", x.Format)
+			case wl > maxWindowLen:
+				d.failf("window of %d bytes, want ≤ %d", wl, maxWindowLen)
+			case n == 0 || n > wl:
+				d.failf("window stored in %d bytes, want 1 to its length %d", n, wl)
+			case n > uint64(winLen-winOff):
+				d.failf("window of %d stored bytes at %d runs past the %d-byte windows section", n, winOff, winLen)
+			default:
+				wt.refs[i] = winRef{off: winOff, n: uint32(n), raw: uint32(wl), crc: binary.LittleEndian.Uint32(crc)}
+				winOff += int64(n)
+				wt.raw += int64(wl)
+			}
 		}
 		f.Digest = digest.Digest(d.sha256("digest"))
 		if d.msg != "" {
 			return nil, d.errorf("frame %d", i)
 		}
 	}
+	if version == encVersion2 && winOff != winLen {
+		return nil, fmt.Errorf("%w: windows take %d bytes, the header says %d", ErrCorrupt, winOff, winLen)
+	}
+	x.win = wt
 	if winBytes > 0 {
 		if int64(winBytes) > budget {
 			return nil, fmt.Errorf("%w: windows: %d bytes exceed the decoding limit", ErrCorrupt, winBytes)

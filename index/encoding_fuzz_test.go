@@ -16,13 +16,13 @@ func FuzzDecode(f *testing.F) {
 		if data, err := x.MarshalBinary(); err == nil && len(data) < 8<<10 {
 			f.Add(data)
 		}
-		if body, _ := x.appendBody(nil); len(body) < 8<<10 {
+		if body, _, _ := x.appendBody(nil, encVersion1, nil); len(body) < 8<<10 {
 			f.Add(body)
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if x, err := Decode(data); err == nil {
-			checkReencode(t, x)
+		if x, err := Decode(data); err == nil && x.WindowsLoaded() {
+			checkReencode(t, x) // (a version 2 toc alone cannot be re-encoded: FuzzDecodeTOC reads its windows)
 		}
 		if x, err := decodeBody(data, decodeLimit(len(data))); err == nil {
 			checkReencode(t, x)

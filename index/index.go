@@ -160,4 +160,8 @@ type Index struct {
 	TarSize  int64
 	Entries  []Entry // in tar order
 	Frames   []Frame // sorted by Offset, contiguous, covering [0, TarSize)
+
+	// win is where the windows are, for an index decoded from its
+	// version 2 toc alone; nil when every Window is in memory.
+	win *windowTable
 }

@@ -47,6 +47,9 @@ func (x *Index) Validate() error {
 	if err := x.validateFrames(); err != nil {
 		return err
 	}
+	if msg := x.validateWindows(); msg != "" {
+		return fmt.Errorf("%w: %s", ErrCorrupt, msg)
+	}
 	for i := range x.Entries {
 		if msg := x.checkEntry(&x.Entries[i]); msg != "" {
 			return fmt.Errorf("%w: entry %d %s: %s", ErrCorrupt, i, shortQuote(x.Entries[i].Path), msg)

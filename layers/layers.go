@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -22,10 +23,18 @@ import (
 const (
 	// ArtifactType marks the artifact that carries an image's layer indexes.
 	ArtifactType = "application/vnd.lazyfs.index.v1"
-	// IndexMediaType is the media type of one encoded layer index blob.
-	IndexMediaType = "application/vnd.lazyfs.index.v1+binary"
+	// IndexMediaType is the media type of one encoded layer index blob as
+	// Push writes it: encoding version 2, the toc and then the windows.
+	// Builds before it skip such blobs (and build the index themselves).
+	IndexMediaType = "application/vnd.lazyfs.index.v2+binary"
+	// IndexMediaTypeV1 is the media type of the version 1 blobs earlier
+	// builds pushed; they are still read, whole.
+	IndexMediaTypeV1 = "application/vnd.lazyfs.index.v1+binary"
 	// LayerAnnotation on an index blob names the layer blob it describes.
 	LayerAnnotation = "dev.lazyfs.layer.digest"
+	// TOCSizeAnnotation on a version 2 index blob is the length of its
+	// toc in bytes (decimal): Download fetches only those.
+	TOCSizeAnnotation = "dev.lazyfs.index.toc-size"
 
 	maxIndexBytes = 1 << 30
 )
@@ -82,6 +91,11 @@ type Lookup struct {
 	Lazy     bool                // the layer can be read lazily once indexed
 	WhyNot   string              // why it cannot be read lazily, when !Lazy
 	Artifact *ocispec.Descriptor
+	// TOCSize and WindowsSize are the sizes of the index's toc (what a
+	// start fetches) and of its windows section (fetched as frames need
+	// them), from the registry's blob or else the local copy; 0 when
+	// unknown. A version 1 index is all toc.
+	TOCSize, WindowsSize int64
 }
 
 // Inspect reports, per layer, where its index would come from, without
@@ -94,11 +108,18 @@ func (r *Resolver) Inspect(ctx context.Context, img *fetch.Image) ([]Lookup, err
 	out := make([]Lookup, len(img.Manifest.Layers))
 	for i, d := range img.Manifest.Layers {
 		l := Lookup{Desc: d, Artifact: art, Lazy: true}
-		if _, err := r.cfg.Store.GetIndex(d.Digest); err == nil {
+		if data, err := r.cfg.Store.GetIndex(d.Digest); err == nil {
 			l.Local = true
+			if toc, wins, err := index.TOCLen(data); err == nil {
+				l.TOCSize, l.WindowsSize = toc, wins
+			}
 		}
 		if rd, ok := remote[d.Digest]; ok {
 			l.Remote = &rd
+			l.TOCSize, l.WindowsSize = rd.Size, 0
+			if toc, err := strconv.ParseInt(rd.Annotations[TOCSizeAnnotation], 10, 64); err == nil && toc > 0 && toc <= rd.Size {
+				l.TOCSize, l.WindowsSize = toc, rd.Size-toc
+			}
 		}
 		if why := WhyNotLazy(d.MediaType); why != "" {
 			l.Lazy, l.WhyNot = false, why
@@ -205,14 +226,27 @@ func (r *Resolver) Build(ctx context.Context, img *fetch.Image) ([]Layer, error)
 func (r *Resolver) Push(ctx context.Context, img *fetch.Image, layers []Layer) (ocispec.Descriptor, error) {
 	blobs := make([]fetch.ArtifactBlob, len(layers))
 	for i, l := range layers {
-		data, err := l.Index.MarshalBinary()
+		// An index kept as its toc alone (downloaded) gets its windows
+		// from where it came from.
+		x, err := withWindows(ctx, r.cfg.Client, r.cfg.Store, l.Index)
+		if err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("index of layer %s: %w", l.Desc.Digest, err)
+		}
+		data, err := x.MarshalBinary()
+		if err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("encode index of layer %s: %w", l.Desc.Digest, err)
+		}
+		toc, _, err := index.TOCLen(data)
 		if err != nil {
 			return ocispec.Descriptor{}, fmt.Errorf("encode index of layer %s: %w", l.Desc.Digest, err)
 		}
 		blobs[i] = fetch.ArtifactBlob{
-			MediaType:   IndexMediaType,
-			Data:        data,
-			Annotations: map[string]string{LayerAnnotation: l.Desc.Digest.String()},
+			MediaType: IndexMediaType,
+			Data:      data,
+			Annotations: map[string]string{
+				LayerAnnotation:   l.Desc.Digest.String(),
+				TOCSizeAnnotation: strconv.FormatInt(toc, 10),
+			},
 		}
 	}
 	desc, err := r.cfg.Client.PushArtifact(ctx, img, ArtifactType, blobs, map[string]string{
@@ -227,7 +261,8 @@ func (r *Resolver) Push(ctx context.Context, img *fetch.Image, layers []Layer) (
 // LocalIndex returns layer's index from the local store, or nil if there
 // is none. A stored copy that does not decode or names another layer is
 // logged and reported as none: it is a cache miss, and the index can be
-// found again.
+// found again. So is a toc kept without the record of where its windows
+// are (see Download).
 func (r *Resolver) LocalIndex(layer digest.Digest) (*index.Index, error) {
 	data, err := r.cfg.Store.GetIndex(layer)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -241,6 +276,12 @@ func (r *Resolver) LocalIndex(layer digest.Digest) (*index.Index, error) {
 		// A damaged local copy is only a cache miss: the index can be found again.
 		r.log.Warn("local index unusable, finding it again", "layer", layer, "err", err)
 		return nil, nil
+	}
+	if !x.WindowsLoaded() {
+		if _, err := getWindowOrigin(r.cfg.Store, x); err != nil {
+			r.log.Warn("local index unusable, finding it again", "layer", layer, "err", err)
+			return nil, nil
+		}
 	}
 	return x, nil
 }
@@ -263,7 +304,7 @@ func (r *Resolver) remoteIndexes(ctx context.Context, img *fetch.Image) (map[dig
 	out := map[digest.Digest]ocispec.Descriptor{}
 	for _, b := range m.Layers {
 		d, err := digest.Parse(b.Annotations[LayerAnnotation])
-		if err != nil || b.MediaType != IndexMediaType {
+		if err != nil || b.MediaType != IndexMediaType && b.MediaType != IndexMediaTypeV1 {
 			continue
 		}
 		out[d] = b
@@ -287,7 +328,20 @@ func newest(refs []ocispec.Descriptor) ocispec.Descriptor {
 // artifact (see Lookup.Remote), checks that it describes layer (digest and
 // size), and keeps it in the local store (a failure to keep it is logged).
 // An index for another layer wraps index.ErrCorrupt.
+//
+// Of a version 2 blob that says how long its toc is (TOCSizeAnnotation)
+// only the toc is fetched, with one Range read: the returned index's
+// windows are not loaded, and Source, Prefetch and Pull read them from the
+// blob as frames need them. The store keeps the toc and, keyed by the
+// toc's digest, where its windows are. Any other blob is fetched whole.
 func (r *Resolver) Download(ctx context.Context, img *fetch.Image, layer, blob ocispec.Descriptor) (*index.Index, error) {
+	if toc, err := strconv.ParseInt(blob.Annotations[TOCSizeAnnotation], 10, 64); err == nil && toc > 0 && toc < blob.Size {
+		x, err := r.downloadTOC(ctx, img, layer, blob, toc)
+		if err == nil || ctx.Err() != nil {
+			return x, err
+		}
+		r.log.Warn("index toc unusable, fetching the whole index", "layer", layer.Digest, "err", err)
+	}
 	// The client does not retry a digest mismatch; bytes damaged on the
 	// way are fetched again, as a corrupt frame is (corruptFetches).
 	var (
@@ -304,6 +358,51 @@ func (r *Resolver) Download(ctx context.Context, img *fetch.Image, layer, blob o
 	if err != nil {
 		return nil, fmt.Errorf("fetch index of layer %s: %w", layer.Digest, err)
 	}
+	x, err := r.decodeFor(data, layer, blob)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.cfg.Store.PutIndex(layer.Digest, data); err != nil {
+		r.log.Warn("keep index locally", "layer", layer.Digest, "err", err)
+	}
+	return x, nil
+}
+
+// downloadTOC fetches the first toc bytes of blob and decodes them.
+func (r *Resolver) downloadTOC(ctx context.Context, img *fetch.Image, layer, blob ocispec.Descriptor, toc int64) (*index.Index, error) {
+	data, err := r.cfg.Client.ReadRange(ctx, img.Repo, blob.Digest, 0, toc)
+	if err != nil {
+		return nil, fmt.Errorf("fetch index toc of layer %s: %w", layer.Digest, err)
+	}
+	x, err := r.decodeFor(data, layer, blob)
+	if err != nil {
+		return nil, err
+	}
+	if x.WindowsLoaded() {
+		// No windows (a tar layer): the toc is the whole index.
+		if err := r.cfg.Store.PutIndex(layer.Digest, data); err != nil {
+			r.log.Warn("keep index locally", "layer", layer.Digest, "err", err)
+		}
+		return x, nil
+	}
+	if _, n := x.WindowRange(0, len(x.Frames)-1); toc+n != blob.Size {
+		return nil, fmt.Errorf("index blob %s: %w: toc of %d bytes and windows of %d, but the blob has %d",
+			blob.Digest, index.ErrCorrupt, toc, n, blob.Size)
+	}
+	// Where the windows are goes first: a stored toc without it is a miss.
+	err = putWindowOrigin(r.cfg.Store, x, windowOrigin{Repo: img.Repo, Blob: blob.Digest, Size: blob.Size, TOC: toc})
+	if err == nil {
+		err = r.cfg.Store.PutIndex(layer.Digest, data)
+	}
+	if err != nil {
+		r.log.Warn("keep index locally", "layer", layer.Digest, "err", err)
+	}
+	return x, nil
+}
+
+// decodeFor decodes an index blob (whole, or its toc) and checks that it
+// describes layer.
+func (r *Resolver) decodeFor(data []byte, layer, blob ocispec.Descriptor) (*index.Index, error) {
 	x, err := index.Decode(data)
 	if err != nil {
 		return nil, fmt.Errorf("index of layer %s (blob %s): %w", layer.Digest, blob.Digest, err)
@@ -311,9 +410,6 @@ func (r *Resolver) Download(ctx context.Context, img *fetch.Image, layer, blob o
 	if x.Layer != layer.Digest || x.BlobSize != layer.Size {
 		return nil, fmt.Errorf("index blob %s: %w: describes layer %s of %d bytes, want %s of %d",
 			blob.Digest, index.ErrCorrupt, x.Layer, x.BlobSize, layer.Digest, layer.Size)
-	}
-	if err := r.cfg.Store.PutIndex(layer.Digest, data); err != nil {
-		r.log.Warn("keep index locally", "layer", layer.Digest, "err", err)
 	}
 	return x, nil
 }

@@ -156,9 +156,9 @@ func (s *Source) Prefetch(ctx context.Context, layers []*index.Index, p *Profile
 	return st, ctx.Err()
 }
 
-// prefetchRun fetches run's frames of x with one Range request and stores
-// them; it returns the bytes asked for (0 if every frame was cached
-// meanwhile).
+// prefetchRun fetches run's frames of x with one Range request (and their
+// windows with another, when x's are not loaded) and stores them; it
+// returns the bytes asked for (0 if every frame was cached meanwhile).
 func (s *Source) prefetchRun(ctx context.Context, x *index.Index, run []int) (int64, error) {
 	// Readers may have fetched the ends meanwhile.
 	has := func(k int) bool { return s.store.Has(x.Frames[k].Digest) }
@@ -179,7 +179,16 @@ func (s *Source) prefetchRun(ctx context.Context, x *index.Index, run []int) (in
 	if s.meter != nil {
 		ctx = fetch.WithMeter(ctx, s.meter)
 	}
-	buf, err := s.client.ReadRange(ctx, s.repo, x.Layer, off, n)
+	var o windowOrigin
+	if !x.WindowsLoaded() {
+		var err error
+		if o, err = s.windowOrigin(x); err != nil {
+			return 0, err
+		}
+	}
+	_, wn := x.WindowRange(first, last)
+	n += wn // (the windows' bytes, in a request of their own at the same time)
+	buf, wins, err := readRun(ctx, s.client, s.repo, o, x, first, last)
 	if err != nil {
 		return n, err
 	}
@@ -188,7 +197,7 @@ func (s *Source) prefetchRun(ctx context.Context, x *index.Index, run []int) (in
 		if has(k) {
 			continue
 		}
-		data, err := x.DecodeFrame(k, buf[f.CompressedOffset-off:f.CompressedOffset-off+f.CompressedSize])
+		data, err := x.DecodeFrameWith(k, buf[f.CompressedOffset-off:f.CompressedOffset-off+f.CompressedSize], wins[k-first])
 		if err != nil {
 			return n, fmt.Errorf("frame %d: %w", k, err)
 		}

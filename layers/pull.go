@@ -243,17 +243,28 @@ func (p *puller) fetchRange(ctx context.Context, x *index.Index, j *pullJob) err
 	first, last := &x.Frames[j.want[0]], &x.Frames[j.want[len(j.want)-1]]
 	off := first.CompressedOffset
 	n := last.CompressedOffset + last.CompressedSize - off
+	var o windowOrigin
+	if !x.WindowsLoaded() {
+		var err error
+		if o, err = getWindowOrigin(p.r.cfg.Store, x); err != nil {
+			return err
+		}
+	}
 	p.count(j.layer, n)
+	if _, wn := x.WindowRange(j.want[0], j.want[len(j.want)-1]); wn > 0 {
+		p.count(j.layer, wn) // the windows' own request
+	}
 	start := time.Now()
-	buf, err := p.r.cfg.Client.ReadRange(ctx, p.repo, x.Layer, off, n)
+	buf, wins, err := readRun(ctx, p.r.cfg.Client, p.repo, o, x, j.want[0], j.want[len(j.want)-1])
 	if err != nil {
 		return err
 	}
+	w0 := j.want[0]
 	p.r.log.Debug("frames fetched", "op", "pull", "layer", x.Layer, "frame", j.want[0], "frames", len(j.want), "off", off, "len", n, "dur", time.Since(start))
 	for len(j.want) > 0 {
 		k := j.want[0]
 		f := &x.Frames[k]
-		data, err := x.DecodeFrame(k, buf[f.CompressedOffset-off:f.CompressedOffset-off+f.CompressedSize])
+		data, err := x.DecodeFrameWith(k, buf[f.CompressedOffset-off:f.CompressedOffset-off+f.CompressedSize], wins[k-w0])
 		if err != nil {
 			return err
 		}

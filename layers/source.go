@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/lazyfs/lazyfs/cache"
 	"github.com/lazyfs/lazyfs/fetch"
@@ -18,8 +19,10 @@ import (
 )
 
 // Source serves frames of one image's layers: from the shared cache, else
-// by a Range read of the frame's compressed bytes, decoded and verified by
-// the cache before anyone sees them. It implements fusefs.FrameSource.
+// by a Range read of the frame's compressed bytes (and, for an index kept
+// as its toc alone, one of the frame's window from the index blob, at the
+// same time), decoded and verified by the cache before anyone sees them.
+// It implements fusefs.FrameSource.
 type Source struct {
 	client *fetch.Client
 	repo   string
@@ -32,6 +35,9 @@ type Source struct {
 	ahead       map[digest.Digest]int           // the highest frame of each layer fetched ahead
 	inflight    map[digest.Digest]chan struct{} // frames a prefetch request is fetching
 	prefetching map[digest.Digest]int           // prefetch jobs of each layer not finished
+	origins     map[digest.Digest]windowOrigin  // where the windows of each toc-only index are, by toc digest
+	winGroups   map[winGroupKey]*winGroup       // windows fetched for frames near the one asked for, not yet taken
+	winOrder    []winGroupKey                   // winGroups' keys, oldest first (some may be gone)
 
 	rec *Recorder // nil unless recording a profile
 
@@ -69,6 +75,7 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 	s := &Source{client: client, repo: repo, store: store, log: log,
 		whole: map[digest.Digest]*whole{}, last: map[digest.Digest]int{}, ahead: map[digest.Digest]int{},
 		inflight: map[digest.Digest]chan struct{}{}, prefetching: map[digest.Digest]int{},
+		origins: map[digest.Digest]windowOrigin{}, winGroups: map[winGroupKey]*winGroup{},
 		aheadSem: make(chan struct{}, readaheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead,
 		metrics: noMetrics{}}
 	s.stop, s.cancel = context.WithCancel(context.Background())
@@ -211,11 +218,11 @@ func (s *Source) frame(ctx context.Context, x *index.Index, i int) (_ []byte, fe
 				return s.streamed(ctx, x, i)
 			}
 			start := time.Now()
-			comp, err := s.client.ReadRange(ctx, s.repo, x.Layer, f.CompressedOffset, f.CompressedSize)
+			comp, win, err := s.readFrame(ctx, x, i)
 			if err != nil {
 				return nil, err
 			}
-			data, err := x.DecodeFrame(i, comp)
+			data, err := x.DecodeFrameWith(i, comp, win)
 			if err == nil {
 				s.metrics.FrameFetched(time.Since(start))
 			}
@@ -234,6 +241,56 @@ func (s *Source) frame(ctx context.Context, x *index.Index, i int) (_ []byte, fe
 		s.log.Warn("frame corrupt, fetching it again", "layer", x.Layer, "frame", i, "attempt", attempt, "err", err)
 	}
 	return nil, loaded.Load(), fmt.Errorf("frame %d of layer %s: %d fetches gave wrong bytes: %w", i, x.Layer, corruptFetches, err)
+}
+
+// readFrame fetches the compressed bytes of frame i of x and, when its
+// window is not loaded, the window, with two Range reads at once (one
+// round trip). A window that fails its checksum wraps index.ErrCorrupt, so
+// the caller fetches again, as for corrupt frame bytes; a wrong window
+// that passes it decodes to bytes the frame's digest refuses.
+func (s *Source) readFrame(ctx context.Context, x *index.Index, i int) (comp, win []byte, err error) {
+	f := &x.Frames[i]
+	if !x.NeedsWindow(i) {
+		comp, err = s.client.ReadRange(ctx, s.repo, x.Layer, f.CompressedOffset, f.CompressedSize)
+		return comp, nil, err
+	}
+	o, err := s.windowOrigin(x)
+	if err != nil {
+		return nil, nil, err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() (err error) {
+		win, err = s.window(gctx, o, x, i)
+		return err
+	})
+	g.Go(func() (err error) {
+		comp, err = s.client.ReadRange(gctx, s.repo, x.Layer, f.CompressedOffset, f.CompressedSize)
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return nil, nil, err
+	}
+	return comp, win, nil
+}
+
+// windowOrigin returns where the windows of x (a toc alone) are, read from
+// the store once per toc.
+func (s *Source) windowOrigin(x *index.Index) (windowOrigin, error) {
+	toc := x.TOCDigest()
+	s.mu.Lock()
+	o, ok := s.origins[toc]
+	s.mu.Unlock()
+	if ok {
+		return o, nil
+	}
+	o, err := getWindowOrigin(s.store, x)
+	if err != nil {
+		return o, err
+	}
+	s.mu.Lock()
+	s.origins[toc] = o
+	s.mu.Unlock()
+	return o, nil
 }
 
 // whole is the one decoding of an entire layer blob into the cache, shared

@@ -55,14 +55,18 @@ artifact whose subject is the image manifest, so every machine finds them.`,
 				return err
 			}
 			tw := tabwriter.NewWriter(g.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "LAYER\tFORMAT\tSIZE\tENTRIES\tFRAMES\tINDEX")
+			fmt.Fprintln(tw, "LAYER\tFORMAT\tSIZE\tENTRIES\tFRAMES\tINDEX\tTOC")
 			for _, l := range built {
 				data, err := l.Index.MarshalBinary()
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", cli.ShortDigest(l.Desc.Digest), l.Index.Format,
-					cli.HumanBytes(l.Desc.Size), len(l.Index.Entries), len(l.Index.Frames), cli.HumanBytes(int64(len(data))))
+				toc, _, err := index.TOCLen(data)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", cli.ShortDigest(l.Desc.Digest), l.Index.Format,
+					cli.HumanBytes(l.Desc.Size), len(l.Index.Entries), len(l.Index.Frames), cli.HumanBytes(int64(len(data))), cli.HumanBytes(toc))
 			}
 			tw.Flush()
 			if !push {

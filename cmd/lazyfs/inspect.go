@@ -37,7 +37,7 @@ func newInspectCommand(g *cli.Globals) *cobra.Command {
 			}
 			fmt.Fprintln(g.Stdout)
 			tw := tabwriter.NewWriter(g.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "LAYER\tMEDIA TYPE\tSIZE\tINDEX\tPATH")
+			fmt.Fprintln(tw, "LAYER\tMEDIA TYPE\tSIZE\tINDEX\tTOC\tWINDOWS\tPATH")
 			for _, l := range ls {
 				where := "none"
 				switch {
@@ -53,7 +53,12 @@ func newInspectCommand(g *cli.Globals) *cobra.Command {
 				case where == "none":
 					path = "lazy, after streaming the layer once to index it"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", cli.ShortDigest(l.Desc.Digest), l.Desc.MediaType, cli.HumanBytes(l.Desc.Size), where, path)
+				toc, wins := "-", "-"
+				if l.TOCSize > 0 {
+					toc, wins = cli.HumanBytes(l.TOCSize), cli.HumanBytes(l.WindowsSize)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cli.ShortDigest(l.Desc.Digest), l.Desc.MediaType,
+					cli.HumanBytes(l.Desc.Size), where, toc, wins, path)
 			}
 			return tw.Flush()
 		},

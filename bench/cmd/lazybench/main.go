@@ -54,12 +54,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fsOn      = fs.Bool("fs", true, "file-system speed on a warm cache: --cow=overlay and --cow=fuse against native (-fs=false: skip it)")
 		fsOnly    = fs.Bool("fs-only", false, "run the file-system section alone (no workloads, scale or sharing)")
 		fsDrop    = fs.Bool("fs-drop-caches", true, "sync and drop the kernel's page cache before each file-system measurement")
+		span      = fs.Int64("span", 0, "uncompressed bytes between index checkpoints of the pushed indexes (0 = lazyfs index's default)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	cfg := bench.Config{RTT: *rtt, Runs: *runs, ScaleWorkload: *scaleW, Sharing: *sharing,
-		WorkDir: *work, OutDir: *out, BinDir: *bin, Timeout: *timeout, LoopSize: *loopSize, Log: stderr,
+		WorkDir: *work, OutDir: *out, BinDir: *bin, Timeout: *timeout, LoopSize: *loopSize, Span: *span, Log: stderr,
 		FS: *fsOn || *fsOnly, FSOnly: *fsOnly, FSKeepPageCache: !*fsDrop}
 	var err error
 	if cfg.Rate, err = parseRate(*rate); err != nil {
