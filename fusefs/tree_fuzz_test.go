@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -172,22 +173,10 @@ func FuzzMergeLayers(f *testing.F) {
 			t.Errorf("tree counts %d nodes, has %d", tr.nodes, len(got)+1)
 		}
 		want := ociMerge(layers)
-		if !mapsEqual(got, want) {
+		if !maps.Equal(got, want) {
 			t.Fatalf("layers:\n%s\nmergeLayers:\n%s\nOCI rules:\n%s", showLayers(layers), showMap(got), showMap(want))
 		}
 	})
-}
-
-func mapsEqual(a, b map[string]string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k, v := range a {
-		if w, ok := b[k]; !ok || w != v {
-			return false
-		}
-	}
-	return true
 }
 
 func showMap(m map[string]string) string {
