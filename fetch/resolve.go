@@ -91,13 +91,9 @@ func (c *Client) Resolve(ctx context.Context, ref string) (*Image, error) {
 		if depth == maxIndexDepth {
 			return nil, fmt.Errorf("resolve %s: image indexes nested more than %d deep: %w", ref, maxIndexDepth, ErrUnsupported)
 		}
-		var idx ocispec.Index
-		if err := json.Unmarshal(raw, &idx); err != nil {
-			return nil, fmt.Errorf("resolve %s: parse index %s: %w", ref, dgst, err)
-		}
-		child, err := pickPlatform(idx.Manifests, c.platform)
+		child, err := pickFromIndex(raw, dgst, c.platform)
 		if err != nil {
-			return nil, fmt.Errorf("resolve %s: index %s: %w", ref, dgst, err)
+			return nil, fmt.Errorf("resolve %s: %w", ref, err)
 		}
 		img.IndexDigest = dgst
 		raw, mt, dgst, err = c.getManifest(ctx, cn, cn.repo.Digest(child.Digest.String()))
@@ -105,21 +101,12 @@ func (c *Client) Resolve(ctx context.Context, ref string) (*Image, error) {
 			return nil, fmt.Errorf("resolve %s: manifest %s for %s: %w", ref, child.Digest, platformString(c.platform), err)
 		}
 	}
-	switch mt {
-	case ocispec.MediaTypeImageManifest, MediaTypeDockerManifest:
-	case mediaTypeDockerSchema1, mediaTypeDockerSchema1Sig:
-		return nil, fmt.Errorf("resolve %s: Docker schema 1 manifest (push the image again with a current tool): %w", ref, ErrUnsupported)
-	default:
-		return nil, fmt.Errorf("resolve %s: manifest %s has media type %q: %w", ref, dgst, mt, ErrUnsupported)
+	img.Manifest, err = parseImageManifest(raw, mt, dgst)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", ref, err)
 	}
 	img.Digest, img.MediaType, img.RawManifest = dgst, mt, raw
-	if err := json.Unmarshal(raw, &img.Manifest); err != nil {
-		return nil, fmt.Errorf("resolve %s: parse manifest %s: %w", ref, dgst, err)
-	}
 	cd := img.Manifest.Config
-	if cd.Size < 0 || cd.Size > maxConfigSize {
-		return nil, fmt.Errorf("resolve %s: config %s of %d bytes: %w", ref, cd.Digest, cd.Size, ErrTooLarge)
-	}
 	// Bytes damaged on the way fail the digest check, which the retries
 	// below readBlob do not cover: read it again, a few times.
 	for attempt := 1; ; attempt++ {
@@ -133,15 +120,64 @@ func (c *Client) Resolve(ctx context.Context, ref string) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("resolve %s: config %s: %w", ref, cd.Digest, err)
 	}
-	if int64(len(img.RawConfig)) != cd.Size {
-		// The digest matched, so the descriptor lies about the size.
-		return nil, fmt.Errorf("resolve %s: config %s: %d bytes, the manifest says %d: %w",
-			ref, cd.Digest, len(img.RawConfig), cd.Size, ErrDigestMismatch)
-	}
-	if err := json.Unmarshal(img.RawConfig, &img.Config); err != nil {
-		return nil, fmt.Errorf("resolve %s: parse config %s: %w", ref, cd.Digest, err)
+	if img.Config, err = parseConfig(cd, img.RawConfig); err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", ref, err)
 	}
 	return img, nil
+}
+
+// pickFromIndex parses raw as an image index (OCI, or Docker manifest
+// list), dgst's bytes, and picks the manifest for platform as pickPlatform
+// does.
+func pickFromIndex(raw []byte, dgst digest.Digest, platform ocispec.Platform) (ocispec.Descriptor, error) {
+	var idx ocispec.Index
+	if err := json.Unmarshal(raw, &idx); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("parse index %s: %w", dgst, err)
+	}
+	child, err := pickPlatform(idx.Manifests, platform)
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("index %s: %w", dgst, err)
+	}
+	return child, nil
+}
+
+// parseImageManifest parses raw, dgst's bytes served as media type mt, as
+// an image manifest: an OCI or Docker schema 2 manifest whose config is
+// at most maxConfigSize bytes. Other media types give ErrUnsupported, a
+// config too large ErrTooLarge.
+func parseImageManifest(raw []byte, mt string, dgst digest.Digest) (ocispec.Manifest, error) {
+	var m ocispec.Manifest
+	switch mt {
+	case ocispec.MediaTypeImageManifest, MediaTypeDockerManifest:
+	case mediaTypeDockerSchema1, mediaTypeDockerSchema1Sig:
+		return m, fmt.Errorf("manifest %s is a Docker schema 1 manifest (push the image again with a current tool): %w", dgst, ErrUnsupported)
+	default:
+		return m, fmt.Errorf("manifest %s has media type %q: %w", dgst, mt, ErrUnsupported)
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return m, fmt.Errorf("parse manifest %s: %w", dgst, err)
+	}
+	cd := m.Config
+	if cd.Size < 0 || cd.Size > maxConfigSize {
+		return m, fmt.Errorf("config %s of %d bytes: %w", cd.Digest, cd.Size, ErrTooLarge)
+	}
+	return m, nil
+}
+
+// parseConfig parses raw, the config blob cd names (its digest already
+// verified), as an image config; raw must be cd.Size bytes long, else the
+// error wraps ErrDigestMismatch.
+func parseConfig(cd ocispec.Descriptor, raw []byte) (ocispec.Image, error) {
+	var cfg ocispec.Image
+	if int64(len(raw)) != cd.Size {
+		// The digest matched, so the descriptor lies about the size.
+		return cfg, fmt.Errorf("config %s: %d bytes, the manifest says %d: %w",
+			cd.Digest, len(raw), cd.Size, ErrDigestMismatch)
+	}
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return cfg, fmt.Errorf("parse config %s: %w", cd.Digest, err)
+	}
+	return cfg, nil
 }
 
 // getManifest fetches one manifest or index through go-containerregistry
@@ -151,18 +187,26 @@ func (c *Client) getManifest(ctx context.Context, cn *conn, ref name.Reference) 
 	if err != nil {
 		return nil, "", "", convertErr(err)
 	}
-	mt := string(d.MediaType)
+	return d.Manifest, manifestMediaType(string(d.MediaType), d.Manifest), digest.Digest(d.Digest.String()), nil
+}
+
+// manifestMediaType returns the media type of the manifest or index raw,
+// served with Content-Type served: served without its parameters if that
+// is an index or manifest type this package knows, else the document's own
+// mediaType field or its shape (sniffMediaType), else served as it is.
+func manifestMediaType(served string, raw []byte) string {
+	mt := served
 	if parsed, _, err := mime.ParseMediaType(mt); err == nil {
 		mt = parsed
 	}
 	if !isIndex(mt) && !isKnownManifest(mt) {
 		// A registry that answers with a generic Content-Type: trust the
 		// document's own mediaType field.
-		if s := sniffMediaType(d.Manifest); s != "" {
+		if s := sniffMediaType(raw); s != "" {
 			mt = s
 		}
 	}
-	return d.Manifest, mt, digest.Digest(d.Digest.String()), nil
+	return mt
 }
 
 func isIndex(mt string) bool {
