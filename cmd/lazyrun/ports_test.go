@@ -269,13 +269,15 @@ func TestPortsRestart(t *testing.T) {
 	if again == first {
 		t.Errorf("the restarted program is not served: still %q", again)
 	}
-	// Once the fetches' connections are closed, the sockets are those of
-	// the start: the listener, the control socket, the namespaces.
+	// Once the fetches' connections are closed, the sockets are no more
+	// than at the start: the listener, the control socket, the namespaces,
+	// and then perhaps connections to the registry (frames, the prefetch
+	// profile's lookup), which its idle timeout closes.
 	n := e.supervisorSockets(t, id)
-	for deadline := time.Now().Add(5 * time.Second); n != sockets && time.Now().Before(deadline); n = e.supervisorSockets(t, id) {
+	for deadline := time.Now().Add(5 * time.Second); n > sockets && time.Now().Before(deadline); n = e.supervisorSockets(t, id) {
 		time.Sleep(50 * time.Millisecond)
 	}
-	if n != sockets {
+	if n > sockets {
 		t.Errorf("the supervisor holds %d sockets and namespaces after restarts, %d at the start", n, sockets)
 	}
 	start := time.Now()
