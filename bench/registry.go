@@ -10,11 +10,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/lazyfs/lazyfs/internal/registrylog"
+	"github.com/lazyfs/lazyfs/internal/testutil"
 )
 
 // RegistryBinary is Debian's docker-registry (distribution 2.8).
@@ -92,7 +92,7 @@ func StartRegistry(ctx context.Context, l *Link, dir string) (*Registry, error) 
 		select {
 		case err := <-r.exited:
 			r.exited <- err
-			return nil, fmt.Errorf("registry exited before answering (%v): %s", err, tail(r.LogPath, 1000))
+			return nil, fmt.Errorf("registry exited before answering (%v): %s", err, testutil.TailFile(r.LogPath, 1000))
 		case <-ctx.Done():
 			r.Close()
 			return nil, ctx.Err()
@@ -100,7 +100,7 @@ func StartRegistry(ctx context.Context, l *Link, dir string) (*Registry, error) 
 		}
 		if time.Now().After(deadline) {
 			r.Close()
-			return nil, fmt.Errorf("registry on %s did not answer within 15 s: %s", r.Addr, tail(r.LogPath, 1000))
+			return nil, fmt.Errorf("registry on %s did not answer within 15 s: %s", r.Addr, testutil.TailFile(r.LogPath, 1000))
 		}
 	}
 }
@@ -250,16 +250,4 @@ func overlap(have [][2]int64, rg [2]int64) int64 {
 		}
 	}
 	return n
-}
-
-// tail returns up to the last n bytes of a file, for error messages.
-func tail(path string, n int64) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	if int64(len(b)) > n {
-		b = b[int64(len(b))-n:]
-	}
-	return strings.TrimSpace(string(b))
 }

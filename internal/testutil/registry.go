@@ -131,10 +131,10 @@ func (r *Registry) start(t testing.TB) error {
 	for {
 		select {
 		case err := <-exited:
-			return fmt.Errorf("docker-registry exited before answering (%v): %s", err, tailFile(r.LogPath, 2000))
+			return fmt.Errorf("docker-registry exited before answering (%v): %s", err, TailFile(r.LogPath, 2000))
 		case <-deadline.C:
 			stop()
-			return fmt.Errorf("docker-registry on %s did not answer /v2/ within %v: %s", r.Addr, registryStartTimeout, tailFile(r.LogPath, 2000))
+			return fmt.Errorf("docker-registry on %s did not answer /v2/ within %v: %s", r.Addr, registryStartTimeout, TailFile(r.LogPath, 2000))
 		case <-tick.C:
 		}
 		resp, err := client.Get(r.URL() + "/v2/")
@@ -149,8 +149,8 @@ func (r *Registry) start(t testing.TB) error {
 	}
 }
 
-// tailFile returns up to the last n bytes of a file, for error messages.
-func tailFile(path string, n int64) string {
+// TailFile returns up to the last n bytes of a file, for error messages.
+func TailFile(path string, n int64) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()
