@@ -194,17 +194,24 @@ func (c *Client) getManifest(ctx context.Context, cn *conn, ref name.Reference) 
 // served with Content-Type served: served without its parameters if that
 // is an index or manifest type this package knows, else the document's own
 // mediaType field or its shape (sniffMediaType), else served as it is.
+// Both are compared in lower case, as media types are case-insensitive.
 func manifestMediaType(served string, raw []byte) string {
-	mt := served
-	if parsed, _, err := mime.ParseMediaType(mt); err == nil {
-		mt = parsed
-	}
+	mt := bareMediaType(served)
 	if !isIndex(mt) && !isKnownManifest(mt) {
 		// A registry that answers with a generic Content-Type: trust the
 		// document's own mediaType field.
 		if s := sniffMediaType(raw); s != "" {
-			mt = s
+			mt = bareMediaType(s)
 		}
+	}
+	return mt
+}
+
+// bareMediaType returns mt lower-cased and without parameters, or mt as it
+// is when it does not parse as a media type.
+func bareMediaType(mt string) string {
+	if parsed, _, err := mime.ParseMediaType(mt); err == nil {
+		return parsed
 	}
 	return mt
 }
