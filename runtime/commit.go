@@ -63,6 +63,9 @@ func (r *Runtime) Commit(ctx context.Context, c *Container, ref string, opt Comm
 	}
 	defer lock.Close()
 
+	if c.Rootfs != "" {
+		return nil, fmt.Errorf("%w: container %s runs on --rootfs %s, not on an image: nothing to commit onto", ErrConflict, c.Name, c.Rootfs)
+	}
 	baseRef, err := fetch.DigestRef(c.Image, c.ImageDigest)
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", c.Name, err)

@@ -51,11 +51,14 @@ type Container struct {
 	Name        string        `json:"name"`
 	Image       string        `json:"image"` // the reference as the user gave it
 	ImageDigest digest.Digest `json:"imageDigest"`
-	Created     time.Time     `json:"created"`
-	Command     []string      `json:"command"`             // the argv the container runs, for ps
-	Anonymous   []string      `json:"anonymous,omitempty"` // its anonymous volumes, removed with it by --rm or rm -v
-	Spec        Spec          `json:"spec"`
-	State       State         `json:"-"`
+	// Rootfs is the directory the container runs on instead of an image
+	// (run --rootfs): the lower layer of its overlay, not written to.
+	Rootfs    string    `json:"rootfs,omitempty"`
+	Created   time.Time `json:"created"`
+	Command   []string  `json:"command"`             // the argv the container runs, for ps
+	Anonymous []string  `json:"anonymous,omitempty"` // its anonymous volumes, removed with it by --rm or rm -v
+	Spec      Spec      `json:"spec"`
+	State     State     `json:"-"`
 
 	dir string
 }

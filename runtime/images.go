@@ -236,6 +236,66 @@ func (r *Runtime) LocalImage(ref string) (*fetch.Image, *ImageRecord, error) {
 	return img, rec, nil
 }
 
+// PullPolicy is docker run's --pull: when to ask the registry what a
+// reference names rather than use the image this root has recorded for it.
+type PullPolicy string
+
+const (
+	// PullMissing uses the recorded image if there is one, else asks the
+	// registry: a start of a known image makes no request before the mount.
+	PullMissing PullPolicy = "missing"
+	// PullAlways asks the registry every time and fails without it.
+	PullAlways PullPolicy = "always"
+	// PullNever uses the recorded image and fails without one.
+	PullNever PullPolicy = "never"
+)
+
+// ParsePullPolicy checks a --pull value.
+func ParsePullPolicy(s string) (PullPolicy, error) {
+	switch p := PullPolicy(s); p {
+	case PullMissing, PullAlways, PullNever:
+		return p, nil
+	}
+	return "", fmt.Errorf("invalid pull policy %q: want %s, %s or %s", s, PullMissing, PullAlways, PullNever)
+}
+
+// ErrNoSuchImage is wrapped when --pull=never finds no record of an image.
+var ErrNoSuchImage = errors.New("no such image")
+
+// imageToRun returns the image ref names under policy p, and records it as
+// used. "Recorded" means this root pulled or ran ref before and kept its
+// manifest and config (LocalImage); its frames may still be in the
+// registry only, as with any lazily run image.
+func (r *Runtime) imageToRun(ctx context.Context, ref string, p PullPolicy) (*fetch.Image, error) {
+	if p == PullAlways {
+		img, err := r.cfg.Client.Resolve(ctx, ref)
+		if err != nil {
+			return nil, err
+		}
+		if err := r.RecordImage(ref, img, false); err != nil {
+			r.log.Warn("cannot record image", "image", ref, "err", err)
+		}
+		return img, nil
+	}
+	img, _, err := r.LocalImage(ref)
+	switch {
+	case err == nil:
+		if err := r.RecordImage(ref, img, false); err != nil {
+			r.log.Warn("cannot record image", "image", ref, "err", err)
+		}
+		r.log.Debug("image as recorded", "image", ref, "digest", img.Digest)
+		return img, nil
+	case p == PullNever:
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s: this root has not pulled or run it (--pull=never)", ErrNoSuchImage, ref)
+		}
+		return nil, err
+	case !errors.Is(err, fs.ErrNotExist):
+		r.log.Warn("local copy of image unusable: asking the registry", "image", ref, "err", err)
+	}
+	return r.ResolveImage(ctx, ref)
+}
+
 // ResolveImage resolves ref in the registry and records the image as used.
 // If the registry cannot answer (it is down, or the network is) and this
 // root has a record of ref, the recorded image is returned instead and the

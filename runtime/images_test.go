@@ -341,3 +341,55 @@ func TestPullMakesImageLocal(t *testing.T) {
 		}
 	}
 }
+
+// TestPullPolicy follows docker run's --pull on a real registry whose tag
+// moves: missing keeps the recorded image and asks nothing, always follows
+// the tag and needs the registry, never needs a record.
+func TestPullPolicy(t *testing.T) {
+	reg := testutil.StartRegistry(t)
+	layer := func(seed int64) []testutil.Layer {
+		return []testutil.Layer{testutil.WriteLayer(t, []testutil.File{{Path: "f", Size: 1000, Seed: seed}}, types.OCILayer)}
+	}
+	_, first := testutil.PushImage(t, reg.Addr, "test/policy", layer(1), testutil.ImageConfig{})
+	relay := testutil.StartRelay(t, reg.Addr)
+	proxy := testutil.NewFaultProxy(t, relay.Addr) // counts the requests
+	ref := proxy.Addr + "/test/policy:latest"
+	log := slog.New(slog.NewTextHandler(t.Output(), nil))
+	rt := New(Config{Root: t.TempDir(), Client: fetch.New(fetch.Config{Logger: log, Retries: -1}), Logger: log})
+
+	if _, err := rt.imageToRun(t.Context(), ref, PullNever); !errors.Is(err, ErrNoSuchImage) {
+		t.Fatalf("--pull=never before any run = %v, want ErrNoSuchImage", err)
+	}
+	img, err := rt.imageToRun(t.Context(), ref, PullMissing)
+	if err != nil || img.Digest != first {
+		t.Fatalf("--pull=missing before any run = %v, %v; want %s from the registry", img, err, first)
+	}
+
+	_, second := testutil.PushImage(t, reg.Addr, "test/policy", layer(2), testutil.ImageConfig{})
+	requests := len(proxy.Requests())
+	for _, p := range []PullPolicy{PullMissing, PullNever} {
+		if img, err := rt.imageToRun(t.Context(), ref, p); err != nil || img.Digest != first {
+			t.Errorf("--pull=%s after the tag moved = %v, %v; want the recorded %s", p, img, err, first)
+		}
+	}
+	if n := len(proxy.Requests()) - requests; n != 0 {
+		t.Errorf("--pull=missing and never of a recorded image made %d requests, want 0", n)
+	}
+	if img, err := rt.imageToRun(t.Context(), ref, PullAlways); err != nil || img.Digest != second {
+		t.Fatalf("--pull=always = %v, %v; want %s, where the tag moved", img, err, second)
+	}
+	if img, err := rt.imageToRun(t.Context(), ref, PullMissing); err != nil || img.Digest != second {
+		t.Errorf("--pull=missing after --pull=always = %v, %v; want the new record %s", img, err, second)
+	}
+
+	relay.Stop()
+	if _, err := rt.imageToRun(t.Context(), ref, PullAlways); err == nil {
+		t.Errorf("--pull=always with the registry gone succeeded")
+	}
+	if img, err := rt.imageToRun(t.Context(), ref, PullMissing); err != nil || img.Digest != second {
+		t.Errorf("--pull=missing with the registry gone = %v, %v; want the record", img, err)
+	}
+	if _, err := ParsePullPolicy("sometimes"); err == nil {
+		t.Errorf("ParsePullPolicy(sometimes) accepted it")
+	}
+}

@@ -81,7 +81,14 @@ type IO struct {
 type RunOptions struct {
 	Name string
 	Spec Spec
-	IO   IO
+	// Pull says when Create asks the registry what ref names (docker run's
+	// --pull); "" is PullMissing.
+	Pull PullPolicy
+	// Rootfs makes Create take ref as a directory holding the container's
+	// root file system (podman run --rootfs), used as the lower layer of
+	// its overlay: no image, no FUSE, no image config.
+	Rootfs bool
+	IO     IO
 	// Signals carries the signals meant for the container (Ctrl-C): each is
 	// forwarded to its program; after SIGINT or SIGTERM it has StopTimeout
 	// to exit before it is killed, and a second one kills it at once.
@@ -98,11 +105,15 @@ type StartError struct {
 func (e *StartError) Error() string { return e.Err.Error() }
 func (e *StartError) Unwrap() error { return e.Err }
 
-// Create resolves ref, makes sure every layer has an index (building the
-// missing ones, which the log says), and records a new container from it,
-// ready for Start. A failure is a *StartError with code 125.
+// Create finds the image ref names as opt.Pull says (imageToRun), makes
+// sure every layer has an index (building the missing ones, which the log
+// says), and records a new container from it, ready for Start. A failure
+// is a *StartError with code 125.
 func (r *Runtime) Create(ctx context.Context, ref string, opt RunOptions) (*Container, error) {
-	img, err := r.ResolveImage(ctx, ref) // records the image; without the registry, the recorded one
+	if opt.Rootfs {
+		return r.createOnRootfs(ref, opt)
+	}
+	img, err := r.imageToRun(ctx, ref, opt.Pull)
 	if err != nil {
 		return nil, &StartError{ExitSetup, err}
 	}
@@ -117,6 +128,35 @@ func (r *Runtime) Create(ctx context.Context, ref string, opt RunOptions) (*Cont
 		return nil, &StartError{ExitSetup, fmt.Errorf("copy-on-write mode %q: want %s or %s", opt.Spec.Cow, CowOverlay, CowFuse)}
 	}
 	c := &Container{Name: opt.Name, Image: ref, ImageDigest: img.Digest, Spec: opt.Spec}
+	if err := checkNet(&c.Spec); err != nil {
+		return nil, &StartError{ExitSetup, err}
+	}
+	if err := r.create(c); err != nil {
+		return nil, &StartError{ExitSetup, err}
+	}
+	return c, nil
+}
+
+// createOnRootfs is Create for --rootfs: dir is the container's root.
+func (r *Runtime) createOnRootfs(dir string, opt RunOptions) (*Container, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, &StartError{ExitSetup, err}
+	}
+	if fi, err := os.Stat(abs); err != nil || !fi.IsDir() {
+		if err == nil {
+			err = errors.New("not a directory")
+		}
+		return nil, &StartError{ExitSetup, fmt.Errorf("--rootfs %s: %w", dir, err)}
+	}
+	switch {
+	case opt.Spec.Cow == CowFuse:
+		return nil, &StartError{ExitSetup, fmt.Errorf("%w: --rootfs runs on kernel overlayfs: --cow=%s needs an image", ErrConflict, CowFuse)}
+	case opt.Spec.RecordPrefetch:
+		return nil, &StartError{ExitSetup, fmt.Errorf("%w: --record-prefetch needs an image, not --rootfs", ErrConflict)}
+	}
+	c := &Container{Name: opt.Name, Rootfs: abs, Spec: opt.Spec}
+	c.Spec.Cow = CowOverlay
 	if err := checkNet(&c.Spec); err != nil {
 		return nil, &StartError{ExitSetup, err}
 	}

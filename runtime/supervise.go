@@ -211,8 +211,9 @@ type supervisor struct {
 	init        initConfig
 	logs        *logWriter
 	ctl         *controlServer
-	ports       *portProxy     // nil without published ports
-	input       *terminalInput // with -it and an attached stdin
+	ports       *portProxy       // nil without published ports
+	rec         *layers.Recorder // with --record-prefetch
+	input       *terminalInput   // with -it and an attached stdin
 	stopSignal  syscall.Signal
 	stopTimeout time.Duration // negative: never kill
 
@@ -250,58 +251,6 @@ func (s *supervisor) run(report func(initStatus)) (code int, err error) {
 		s.log.Debug("ports published", "id", c.ShortID(), "ports", s.ports.Ports())
 	}
 
-	img, err := r.containerImage(ctx, c)
-	if err != nil {
-		return 0, err
-	}
-	ls, err := r.cfg.Resolver.Layers(ctx, img)
-	if err != nil {
-		return 0, err
-	}
-	idxs := make([]*index.Index, len(ls))
-	for i, l := range ls {
-		idxs[i] = l.Index
-	}
-	mcfg := fusefs.Config{FSName: "lazyfs:" + c.Image, Logger: s.log}
-	lower := []string{c.initDir(), c.lowerDir()}
-	if c.Spec.Cow == CowFuse {
-		// One writable mount is the container's root: the init layer is
-		// its top lower layer, made in memory.
-		initLayer, err := initLayerIndex()
-		if err != nil {
-			return 0, fmt.Errorf("init layer: %w", err)
-		}
-		idxs = append(idxs, initLayer)
-		mcfg.UpperDir, mcfg.WorkDir, mcfg.Setuid = c.UpperDir(), c.workDir(), true
-		lower = []string{c.lowerDir()}
-	} else if err := writeInitLayer(c.initDir()); err != nil {
-		return 0, fmt.Errorf("init layer: %w", err)
-	}
-	src := layers.NewSource(r.cfg.Client, img.Repo, r.cfg.Store, s.log)
-	src.SetReadTimeout(r.cfg.ReadTimeout)
-	defer func() { // after the unmount below: no read can come in later
-		defer s.watch("close the frame source")()
-		src.Close()
-	}()
-	var rec *layers.Recorder
-	switch {
-	case c.Spec.RecordPrefetch:
-		rec = layers.NewRecorder()
-		src.Record(rec)
-	case !c.Spec.NoPrefetch:
-		// Beside the mount and the start: readers never wait for it.
-		pctx, cancel := context.WithCancel(ctx)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			s.prefetch(pctx, src, img, idxs)
-		}()
-		defer func() { // before the unmount
-			defer s.watch("stop the prefetch")()
-			cancel()
-			<-done
-		}()
-	}
 	if err := makePrivate(c.dir); err != nil {
 		return 0, err
 	}
@@ -310,19 +259,17 @@ func (s *supervisor) run(report func(initStatus)) (code int, err error) {
 			s.log.Warn("cannot unmount the container's directory", "path", c.dir, "err", err)
 		}
 	}()
-	m, err := fusefs.MountLayers(c.lowerDir(), idxs, src, mcfg)
-	if err != nil {
-		return 0, err
-	}
-	defer func() {
-		// Returns once nothing uses the image any more: the overlay in
-		// the container's mount namespace included.
-		defer s.watch("unmount")()
-		if err := m.Unmount(); err != nil {
-			s.log.Warn("cannot unmount image", "path", c.lowerDir(), "err", err)
+	img := &fetch.Image{} // --rootfs: no image, no image config
+	lower := []string{c.initDir(), c.Rootfs}
+	if c.Rootfs == "" {
+		var done func()
+		if img, lower, done, err = s.mountImage(ctx, start); err != nil {
+			return 0, err
 		}
-	}()
-	s.log.Debug("image mounted", "image", c.Image, "path", c.lowerDir(), "dur", time.Since(start))
+		defer done()
+	} else if err := writeInitLayer(c.initDir()); err != nil {
+		return 0, fmt.Errorf("init layer: %w", err)
+	}
 
 	binds, err := r.initFiles(c)
 	if err != nil {
@@ -367,10 +314,95 @@ func (s *supervisor) run(report func(initStatus)) (code int, err error) {
 	}
 	defer s.ctl.Close() // first: nobody asks for anything while it is torn down
 	code = s.loop(report)
-	if rec != nil {
-		s.pushProfile(ctx, img, rec)
+	if s.rec != nil {
+		s.pushProfile(ctx, img, s.rec)
 	}
 	return code, nil
+}
+
+// mountImage mounts the image of s's container lazily under its lower
+// directory, with its frame source and prefetch (or recorder, s.rec), and
+// returns the image, the overlay's lower directories and what undoes it
+// all, in order. On error what was done is undone.
+func (s *supervisor) mountImage(ctx context.Context, start time.Time) (img *fetch.Image, lower []string, done func(), err error) {
+	r, c := s.r, s.c
+	var undo []func()
+	done = func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			done()
+		}
+	}()
+	img, err = r.containerImage(ctx, c)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ls, err := r.cfg.Resolver.Layers(ctx, img)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	idxs := make([]*index.Index, len(ls))
+	for i, l := range ls {
+		idxs[i] = l.Index
+	}
+	mcfg := fusefs.Config{FSName: "lazyfs:" + c.Image, Logger: s.log}
+	lower = []string{c.initDir(), c.lowerDir()}
+	if c.Spec.Cow == CowFuse {
+		// One writable mount is the container's root: the init layer is
+		// its top lower layer, made in memory.
+		initLayer, err := initLayerIndex()
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("init layer: %w", err)
+		}
+		idxs = append(idxs, initLayer)
+		mcfg.UpperDir, mcfg.WorkDir, mcfg.Setuid = c.UpperDir(), c.workDir(), true
+		lower = []string{c.lowerDir()}
+	} else if err := writeInitLayer(c.initDir()); err != nil {
+		return nil, nil, nil, fmt.Errorf("init layer: %w", err)
+	}
+	src := layers.NewSource(r.cfg.Client, img.Repo, r.cfg.Store, s.log)
+	src.SetReadTimeout(r.cfg.ReadTimeout)
+	undo = append(undo, func() { // after the unmount below: no read can come in later
+		defer s.watch("close the frame source")()
+		src.Close()
+	})
+	switch {
+	case c.Spec.RecordPrefetch:
+		s.rec = layers.NewRecorder()
+		src.Record(s.rec)
+	case !c.Spec.NoPrefetch:
+		// Beside the mount and the start: readers never wait for it.
+		pctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			s.prefetch(pctx, src, img, idxs)
+		}()
+		undo = append(undo, func() {
+			defer s.watch("stop the prefetch")()
+			cancel()
+			<-done
+		})
+	}
+	m, err := fusefs.MountLayers(c.lowerDir(), idxs, src, mcfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	undo = append(undo, func() {
+		// Returns once nothing uses the image any more: the overlay in
+		// the container's mount namespace included.
+		defer s.watch("unmount")()
+		if err := m.Unmount(); err != nil {
+			s.log.Warn("cannot unmount image", "path", c.lowerDir(), "err", err)
+		}
+	})
+	s.log.Debug("image mounted", "image", c.Image, "path", c.lowerDir(), "dur", time.Since(start))
+
+	return img, lower, done, nil
 }
 
 // profileTimeout bounds finding a prefetch profile and pushing one.

@@ -452,3 +452,82 @@ for p in $(ps -eo pid,stat | awk '$2 ~ /^D/ {print $1}'); do echo "stack of $p:"
 		t.Logf("container %s: state %s\n%s", id[:12], b, out)
 	}
 }
+
+// TestRunRootfs runs containers on an unpacked directory (--rootfs, as
+// podman does): the directory is the lower layer, never written to.
+func TestRunRootfs(t *testing.T) {
+	testutil.RequireFUSE(t, "containers")
+	e := &env{root: t.TempDir()}
+	t.Cleanup(func() { e.checkSupervisorLogs(t); e.checkClean(t) })
+	dir := testutil.BusyboxRoot(t)
+	before := filepath.Join(t.TempDir(), "before")
+	if out, err := exec.Command("cp", "-a", dir, before).CombinedOutput(); err != nil {
+		t.Fatalf("cp -a: %v\n%s", err, out)
+	}
+
+	out := e.mustRun(t, "run", "--rm", "--rootfs", "--net", "none", "--hostname", "onroot", dir,
+		"sh", "-c", `echo $PATH; hostname; echo x > /etc/new; rm /etc/passwd; cat /etc/new; ls /etc/passwd 2>&1; true`)
+	if want := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nonroot\nx\nls: /etc/passwd: No such file or directory\n"; out != want {
+		t.Errorf("run --rootfs = %q, want %q", out, want)
+	}
+	testutil.CompareTrees(t, before, dir) // the container wrote nothing there
+
+	id := strings.TrimSpace(e.mustRun(t, "run", "--rootfs", "--name", "onroot", dir, "true"))
+	if id != "" {
+		t.Errorf("run --rootfs in the foreground printed %q", id)
+	}
+	if ps := e.mustRun(t, "ps", "-a"); !strings.Contains(ps, dir) || !strings.Contains(ps, "onroot") {
+		t.Errorf("ps -a does not show the container on %s:\n%s", dir, ps)
+	}
+	if r := e.lazyrun(t, "", "commit", "onroot", "127.0.0.1:1/x"); r.code == 0 || !strings.Contains(r.stderr, "--rootfs") {
+		t.Errorf("commit of a --rootfs container = exit %d, %q; want a failure naming --rootfs", r.code, r.stderr)
+	}
+	e.mustRun(t, "rm", "onroot")
+	for _, args := range [][]string{
+		{"run", "--rm", "--rootfs", filepath.Join(dir, "nope"), "true"},
+		{"run", "--rm", "--rootfs", "--cow", "fuse", dir, "true"},
+		{"run", "--rm", "--rootfs", filepath.Join(dir, "etc/passwd"), "true"},
+	} {
+		if r := e.lazyrun(t, "", args...); r.code != 125 || r.stderr == "" {
+			t.Errorf("lazyrun %s = exit %d, %q; want 125 and an error", strings.Join(args, " "), r.code, r.stderr)
+		}
+	}
+}
+
+// TestRunPullPolicy: as docker run, a recorded image runs without asking
+// the registry, --pull=always follows a moved tag, --pull=never needs the
+// image recorded.
+func TestRunPullPolicy(t *testing.T) {
+	e := newEnv(t, v1.Config{Cmd: []string{"cat", "/version"}})
+	reg, _ := strings.CutSuffix(e.ref, "/busybox:latest")
+	push := func(version string) {
+		layers := []testutil.Layer{
+			testutil.WriteLayerDir(t, testutil.BusyboxRoot(t), types.OCILayer),
+			testutil.WriteLayer(t, []testutil.File{{Path: "version", Data: []byte(version + "\n")}}, types.OCILayer),
+		}
+		testutil.PushImage(t, reg, "moving", layers, testutil.ImageConfig{Config: v1.Config{Cmd: []string{"cat", "/version"}}})
+	}
+	ref := reg + "/moving"
+	if r := e.lazyrun(t, "", "run", "--rm", "--pull=never", ref); r.code != 125 || !strings.Contains(r.stderr, "no such image") {
+		t.Errorf("run --pull=never of an unknown image = exit %d, %q; want 125, no such image", r.code, r.stderr)
+	}
+	push("one")
+	if out := e.mustRun(t, "run", "--rm", ref); out != "one\n" {
+		t.Errorf("first run = %q, want one", out)
+	}
+	push("two")
+	for _, args := range [][]string{{"run", "--rm", ref}, {"run", "--rm", "--pull=never", ref}} {
+		if out := e.mustRun(t, args...); out != "one\n" {
+			t.Errorf("lazyrun %s after the tag moved = %q, want the recorded image's one", strings.Join(args, " "), out)
+		}
+	}
+	if out := e.mustRun(t, "run", "--rm", "--pull=always", ref); out != "two\n" {
+		t.Errorf("run --pull=always = %q, want two", out)
+	}
+	if out := e.mustRun(t, "run", "--rm", ref); out != "two\n" {
+		t.Errorf("run after --pull=always = %q, want two", out)
+	}
+	if r := e.lazyrun(t, "", "run", "--rm", "--pull=sometimes", ref); r.code != 125 || !strings.Contains(r.stderr, "sometimes") {
+		t.Errorf("run --pull=sometimes = exit %d, %q; want 125 naming it", r.code, r.stderr)
+	}
+}

@@ -94,8 +94,13 @@ func TestPullThenRunWithoutRegistry(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("run with the registry stopped: exit %d\nstderr: %s", r.code, r.stderr)
 	}
-	if !strings.Contains(r.stderr, "using the pulled image") {
-		t.Errorf("run with the registry stopped did not say it used the pulled image:\n%s", r.stderr)
+	if strings.Contains(r.stderr, "level=") {
+		// --pull=missing: a pulled image is used as recorded, the
+		// registry is not asked.
+		t.Errorf("run with the registry stopped logged:\n%s", r.stderr)
+	}
+	if r := e.lazyrun(t, "", "run", "--rm", "--pull=always", e.ref, "true"); r.code != 125 {
+		t.Errorf("run --pull=always with the registry stopped = exit %d, %q; want 125", r.code, r.stderr)
 	}
 	got := map[string]string{}
 	sc := bufio.NewScanner(strings.NewReader(r.stdout))

@@ -45,7 +45,7 @@ func newPsCommand(g *cli.Globals) *cobra.Command {
 					fmt.Fprintln(w, c.ShortID())
 					continue
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s ago\t%s\t%s\t%s\n", c.ShortID(), c.Image, quoteCommand(c.Command),
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s ago\t%s\t%s\t%s\n", c.ShortID(), imageOf(c), quoteCommand(c.Command),
 					units.HumanDuration(timeSince(c.Created)), describeStatus(c), describePorts(c), c.Name)
 			}
 			return w.Flush()
@@ -295,4 +295,13 @@ func newRestartCommand(g *cli.Globals) *cobra.Command {
 	}
 	cmd.Flags().IntVarP(&timeout, "time", "t", 10, "seconds to wait for the container to stop before killing it")
 	return cmd
+}
+
+// imageOf is what ps shows as a container's image: its reference, or the
+// directory it runs on (--rootfs).
+func imageOf(c *runtime.Container) string {
+	if c.Rootfs != "" {
+		return c.Rootfs
+	}
+	return c.Image
 }

@@ -22,8 +22,9 @@ func newRunCommand(g *cli.Globals, stdin io.Reader, code *exitCoder) *cobra.Comm
 		env, envFiles         []string
 		publish               []string
 		memory, cpus, network string
-		pids, restart         string
+		pids, restart, pull   string
 		detach, prefetch      bool
+		rootfs                bool
 		stopTimeout           int
 	)
 	cmd := &cobra.Command{
@@ -32,6 +33,8 @@ func newRunCommand(g *cli.Globals, stdin io.Reader, code *exitCoder) *cobra.Comm
 		Long: `Creates a container from IMAGE and runs it, as docker run does. The image
 is not pulled: its files are fetched when first read. If the image has no
 index yet, one is built first by streaming each layer once (the log says so).
+As with docker, an image this root has pulled or run before is used as
+recorded, without asking the registry (--pull=always asks every time).
 
 A small supervisor process (lazyrun again, in a session of its own) serves
 the image, holds the container's output (see lazyrun logs) and records its
@@ -119,13 +122,17 @@ ID once the program runs and returns; the container goes on.`,
 			if cmd.Flags().Changed("stop-timeout") {
 				s.StopTimeout = &stopTimeout
 			}
+			pullPolicy, err := runtime.ParsePullPolicy(pull)
+			if err != nil {
+				return cli.UsageError{Err: err}
+			}
 			rt, p, err := open(g)
 			if err != nil {
 				return err
 			}
 			defer p.Close()
 			if detach {
-				c, err := rt.Create(cmd.Context(), args[0], runtime.RunOptions{Name: name, Spec: s})
+				c, err := rt.Create(cmd.Context(), args[0], runtime.RunOptions{Name: name, Spec: s, Pull: pullPolicy, Rootfs: rootfs})
 				if err != nil {
 					return err
 				}
@@ -141,6 +148,8 @@ ID once the program runs and returns; the container goes on.`,
 			exit, err := rt.Run(cmd.Context(), args[0], runtime.RunOptions{
 				Name:    name,
 				Spec:    s,
+				Pull:    pullPolicy,
+				Rootfs:  rootfs,
 				IO:      runtime.IO{Stdin: stdin, Stdout: g.Stdout, Stderr: g.Stderr},
 				Signals: sigs,
 			})
@@ -173,6 +182,8 @@ ID once the program runs and returns; the container goes on.`,
 	f.StringVarP(&memory, "memory", "m", "", "memory limit (e.g. 512m, 1g)")
 	f.StringVar(&cpus, "cpus", "", "number of CPUs (e.g. 0.5)")
 	f.StringVar(&pids, "pids-limit", "", "process limit; 0 or -1 = unlimited")
+	f.StringVar(&pull, "pull", string(runtime.PullMissing), "when to ask the registry what IMAGE names: missing (only if this root has not pulled or run it), always, or never")
+	f.BoolVar(&rootfs, "rootfs", false, "IMAGE is a directory holding the container's root file system, as with podman: it is the lower layer of the container's overlay, not written to (no image config, no FUSE)")
 	f.BoolVar(&s.RecordPrefetch, "record-prefetch", false, "note what the container reads of its image until the program exits, and push that to the registry as the image's prefetch profile")
 	f.BoolVar(&prefetch, "prefetch", true, "fetch what the image's prefetch profile names, if it has one, as the container starts")
 	f.StringVar(&s.Cow, "cow", runtime.CowOverlay, "who keeps the container's changes: overlay (kernel overlayfs over the lazy mount) or fuse (lazyfs' own copy-on-write)")
