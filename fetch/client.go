@@ -264,6 +264,16 @@ type conn struct {
 // callers share one handshake; each stops waiting when its own ctx ends,
 // and if the one doing it was cancelled the next caller tries again.
 // Failed handshakes are not kept.
+// Prepare makes the handshake with repo's registry (the /v2/ ping, and a
+// token when it asks for one) that the first read of repo would make, and
+// keeps it, with its connection, for the reads to come. A process that
+// knows it will read soon calls it ahead, so that the first read costs
+// one round trip rather than three.
+func (c *Client) Prepare(ctx context.Context, repo string) error {
+	_, err := c.conn(ctx, repo, false)
+	return err
+}
+
 func (c *Client) conn(ctx context.Context, repo string, push bool) (*conn, error) {
 	key := connKey{repo, push}
 	for {

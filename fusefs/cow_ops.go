@@ -30,6 +30,7 @@ func (n *cowNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 	if !n.upper {
 		// Lower files never change: the kernel may keep their pages. A
 		// write through another descriptor of this inode updates them.
+		f.opened(n.lower)
 		return &lowerFile{n: n}, fuse.FOPEN_KEEP_CACHE, 0
 	}
 	rel, ok := n.rel()

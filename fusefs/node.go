@@ -41,8 +41,19 @@ func (l *lowerNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	l.fs.opened(l.n)
 	// Lower files never change: let the kernel keep their pages.
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// opened tells the frame source, if it is a FileOpener, that the lower
+// regular file n is being opened (sparse files are left out: their
+// content is not one range of the stream).
+func (f *fileSystem) opened(n *node) {
+	fo, ok := f.src.(FileOpener)
+	if e := n.entry; ok && e != nil && e.Type == index.TypeReg && e.Sparse == nil && e.Size > 0 {
+		fo.OpenedFile(f.layers[n.layer], e.Offset, e.Size)
+	}
 }
 
 func (l *lowerNode) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {

@@ -15,3 +15,11 @@ import (
 type FrameSource interface {
 	Frame(ctx context.Context, layer *index.Index, i int) ([]byte, error)
 }
+
+// FileOpener is a FrameSource that wants to know when a lower regular file
+// is opened for reading, with the bytes [off, off+n) its content takes in
+// the layer's uncompressed stream, to start fetching them before they are
+// read. OpenedFile must return at once.
+type FileOpener interface {
+	OpenedFile(layer *index.Index, off, n int64)
+}

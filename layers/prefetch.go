@@ -156,24 +156,34 @@ func (s *Source) Prefetch(ctx context.Context, layers []*index.Index, p *Profile
 	return st, ctx.Err()
 }
 
-// prefetchRun fetches run's frames of x with one Range request (and their
-// windows with another, when x's are not loaded) and stores them; it
-// returns the bytes asked for (0 if every frame was cached meanwhile).
+// prefetchRun fetches the frames of run (ascending) of x that are neither
+// cached nor being fetched already, each run of adjacent ones with one
+// Range request (and their windows with another, when x's are not
+// loaded), and stores them; it returns the bytes asked for (0 if there
+// was nothing left to fetch).
 func (s *Source) prefetchRun(ctx context.Context, x *index.Index, run []int) (int64, error) {
-	// Readers may have fetched the ends meanwhile.
+	run = slices.DeleteFunc(slices.Clone(run), func(k int) bool { return s.store.Has(x.Frames[k].Digest) })
+	var total int64
+	claims := s.claim(x, run)
+	for i, c := range claims {
+		n, err := s.fetchRun(ctx, x, c.frames)
+		c.done()
+		total += n
+		if err != nil {
+			for _, rest := range claims[i+1:] {
+				rest.done()
+			}
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// fetchRun fetches frames first..last of x (run, adjacent) with one Range
+// request, and their windows with another when needed, and stores them.
+func (s *Source) fetchRun(ctx context.Context, x *index.Index, run []int) (int64, error) {
 	has := func(k int) bool { return s.store.Has(x.Frames[k].Digest) }
-	for len(run) > 0 && has(run[0]) {
-		run = run[1:]
-	}
-	for len(run) > 0 && has(run[len(run)-1]) {
-		run = run[:len(run)-1]
-	}
-	if len(run) == 0 {
-		return 0, nil
-	}
 	first, last := run[0], run[len(run)-1]
-	done := s.markInflight(x, first, last)
-	defer done()
 	off := x.Frames[first].CompressedOffset
 	n := x.Frames[last].CompressedOffset + x.Frames[last].CompressedSize - off
 	if s.meter != nil {
@@ -211,28 +221,54 @@ func (s *Source) prefetchRun(ctx context.Context, x *index.Index, run []int) (in
 	return n, nil
 }
 
-// markInflight records that frames first..last of x are being fetched;
-// done ends that, waking readers that wait for them.
-func (s *Source) markInflight(x *index.Index, first, last int) (done func()) {
-	ch := make(chan struct{})
-	var mine []digest.Digest
+// claim is a run of adjacent frames a caller of Source.claim is to fetch;
+// done ends that, waking the readers waiting for them.
+type claim struct {
+	frames []int
+	done   func()
+}
+
+// claim marks the frames of run (ascending) of x that no other fetch has
+// in flight as the caller's, and returns them as runs of adjacent frames.
+// The caller must call done of each.
+func (s *Source) claim(x *index.Index, run []int) []claim {
+	var out []claim
 	s.mu.Lock()
-	for k := first; k <= last; k++ {
-		d := x.Frames[k].Digest
-		if _, ok := s.inflight[d]; !ok {
-			s.inflight[d] = ch
-			mine = append(mine, d)
+	defer s.mu.Unlock()
+	var cur []int
+	flush := func() {
+		if len(cur) == 0 {
+			return
 		}
-	}
-	s.mu.Unlock()
-	return func() {
-		s.mu.Lock()
-		for _, d := range mine {
-			delete(s.inflight, d)
+		ch := make(chan struct{})
+		frames := cur
+		for _, k := range frames {
+			s.inflight[x.Frames[k].Digest] = ch
 		}
-		s.mu.Unlock()
-		close(ch)
+		out = append(out, claim{frames: frames, done: func() {
+			s.mu.Lock()
+			for _, k := range frames {
+				if s.inflight[x.Frames[k].Digest] == ch {
+					delete(s.inflight, x.Frames[k].Digest)
+				}
+			}
+			s.mu.Unlock()
+			close(ch)
+		}})
+		cur = nil
 	}
+	for _, k := range run {
+		if _, busy := s.inflight[x.Frames[k].Digest]; busy {
+			flush()
+			continue
+		}
+		if len(cur) > 0 && cur[len(cur)-1] != k-1 {
+			flush()
+		}
+		cur = append(cur, k)
+	}
+	flush()
+	return out
 }
 
 // awaitInflight waits while a prefetch request that will store frame d

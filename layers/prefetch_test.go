@@ -138,7 +138,15 @@ func TestPrefetchReaderWaitsForInflight(t *testing.T) {
 	gz := e.ls[0].Index
 	src := NewSource(e.client, e.img.Repo, e.store, nil)
 	defer src.Close()
-	done := src.markInflight(gz, 3, 3)
+	claims := src.claim(gz, []int{3})
+	around := src.claim(gz, []int{2, 3, 4})
+	if len(claims) != 1 || len(around) != 2 {
+		t.Fatalf("claim of frame 3, then of 2-4: want one claim, then two around the claimed 3")
+	}
+	for _, c := range around {
+		c.done()
+	}
+	done := claims[0].done
 	got := make(chan error, 1)
 	go func() {
 		_, err := src.Frame(t.Context(), gz, 3)

@@ -47,6 +47,7 @@ type Source struct {
 	meter       fetch.Meter   // metrics as the fetches' meter; nil when off
 
 	aheadSem chan struct{} // one token per running read-ahead
+	openSem  chan struct{} // one token per running fetch at open (OpenedFile)
 	stop     context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup // read-ahead goroutines, owned by the Source
@@ -76,7 +77,7 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 		whole: map[digest.Digest]*whole{}, last: map[digest.Digest]int{}, ahead: map[digest.Digest]int{},
 		inflight: map[digest.Digest]chan struct{}{}, prefetching: map[digest.Digest]int{},
 		origins: map[digest.Digest]windowOrigin{}, winGroups: map[winGroupKey]*winGroup{},
-		aheadSem: make(chan struct{}, readaheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead,
+		aheadSem: make(chan struct{}, readaheadLoads), openSem: make(chan struct{}, openAheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead,
 		metrics: noMetrics{}}
 	s.stop, s.cancel = context.WithCancel(context.Background())
 	return s

@@ -53,12 +53,16 @@ type Container struct {
 	ImageDigest digest.Digest `json:"imageDigest"`
 	// Rootfs is the directory the container runs on instead of an image
 	// (run --rootfs): the lower layer of its overlay, not written to.
-	Rootfs    string    `json:"rootfs,omitempty"`
-	Created   time.Time `json:"created"`
-	Command   []string  `json:"command"`             // the argv the container runs, for ps
-	Anonymous []string  `json:"anonymous,omitempty"` // its anonymous volumes, removed with it by --rm or rm -v
-	Spec      Spec      `json:"spec"`
-	State     State     `json:"-"`
+	Rootfs string `json:"rootfs,omitempty"`
+	// ProfileLooked says that Create looked for the image's prefetch
+	// profile, and kept it in prefetch.json if there was one: the
+	// supervisor need not look again.
+	ProfileLooked bool      `json:"profileLooked,omitempty"`
+	Created       time.Time `json:"created"`
+	Command       []string  `json:"command"`             // the argv the container runs, for ps
+	Anonymous     []string  `json:"anonymous,omitempty"` // its anonymous volumes, removed with it by --rm or rm -v
+	Spec          Spec      `json:"spec"`
+	State         State     `json:"-"`
 
 	dir string
 }
@@ -97,6 +101,9 @@ func (c *Container) lowerDir() string  { return filepath.Join(c.dir, "lower") }
 func (c *Container) initDir() string   { return filepath.Join(c.dir, "init") }
 func (c *Container) rootfsDir() string { return filepath.Join(c.dir, "rootfs") }
 func (c *Container) lockPath() string  { return filepath.Join(c.dir, "lock") }
+
+// profilePath is where Create keeps the image's prefetch profile.
+func (c *Container) profilePath() string { return filepath.Join(c.dir, "prefetch.json") }
 
 // socketName is the supervisor's control socket in the container's
 // directory; see control.go.

@@ -117,24 +117,63 @@ func (r *Runtime) Create(ctx context.Context, ref string, opt RunOptions) (*Cont
 	if err != nil {
 		return nil, &StartError{ExitSetup, err}
 	}
+	// The profile is looked for beside the indexes (both are referrers of
+	// the image), so that the supervisor can start prefetching as soon as
+	// it runs.
+	profile := make(chan *layers.Profile, 1)
+	if opt.Spec.NoPrefetch || opt.Spec.RecordPrefetch {
+		profile <- nil
+	} else {
+		go func() { profile <- r.findProfile(ctx, img, createProfileTimeout) }()
+	}
 	// The supervisor mounts the layers from these indexes: built here, the
 	// caller sees the progress.
 	if _, err := r.cfg.Resolver.Layers(ctx, img); err != nil {
+		<-profile
 		return nil, &StartError{ExitSetup, err}
 	}
+	prof := <-profile
 	switch opt.Spec.Cow {
 	case "", CowOverlay, CowFuse:
 	default:
 		return nil, &StartError{ExitSetup, fmt.Errorf("copy-on-write mode %q: want %s or %s", opt.Spec.Cow, CowOverlay, CowFuse)}
 	}
-	c := &Container{Name: opt.Name, Image: ref, ImageDigest: img.Digest, Spec: opt.Spec}
+	c := &Container{Name: opt.Name, Image: ref, ImageDigest: img.Digest, Spec: opt.Spec,
+		ProfileLooked: !opt.Spec.NoPrefetch && !opt.Spec.RecordPrefetch}
 	if err := checkNet(&c.Spec); err != nil {
 		return nil, &StartError{ExitSetup, err}
 	}
 	if err := r.create(c); err != nil {
 		return nil, &StartError{ExitSetup, err}
 	}
+	if prof != nil {
+		b, err := prof.Encode()
+		if err == nil {
+			err = os.WriteFile(c.profilePath(), b, 0o600)
+		}
+		if err != nil {
+			r.log.Warn("cannot keep the prefetch profile: the container starts without it", "id", c.ShortID(), "err", err)
+		}
+	}
 	return c, nil
+}
+
+// createProfileTimeout bounds how long Create looks for a prefetch
+// profile once the indexes are there: it delays the start.
+const createProfileTimeout = 5 * time.Second
+
+// findProfile returns img's prefetch profile, or nil when it has none or
+// it cannot be had within timeout (logged at Debug: a start goes on
+// without one).
+func (r *Runtime) findProfile(ctx context.Context, img *fetch.Image, timeout time.Duration) *layers.Profile {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	p, err := r.cfg.Resolver.FindProfile(ctx, img)
+	if err != nil {
+		r.log.Debug("no prefetch profile", "image", img.Ref, "err", err)
+		return nil
+	}
+	return p
 }
 
 // createOnRootfs is Create for --rootfs: dir is the container's root.

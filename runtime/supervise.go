@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -364,6 +365,17 @@ func (s *supervisor) mountImage(ctx context.Context, start time.Time) (img *fetc
 	} else if err := writeInitLayer(c.initDir()); err != nil {
 		return nil, nil, nil, fmt.Errorf("init layer: %w", err)
 	}
+	if r.cfg.Client != nil {
+		// The handshake with the registry, while the mount and the
+		// container are set up: the first read then costs one round trip.
+		hctx, cancel := context.WithTimeout(ctx, profileTimeout)
+		undo = append(undo, cancel)
+		go func() {
+			if err := r.cfg.Client.Prepare(hctx, img.Repo); err != nil {
+				s.log.Debug("registry handshake failed", "repo", img.Repo, "err", err)
+			}
+		}()
+	}
 	src := layers.NewSource(r.cfg.Client, img.Repo, r.cfg.Store, s.log)
 	src.SetReadTimeout(r.cfg.ReadTimeout)
 	undo = append(undo, func() { // after the unmount below: no read can come in later
@@ -411,11 +423,23 @@ const profileTimeout = 30 * time.Second
 // prefetch fetches what the image's prefetch profile names, if it has one.
 func (s *supervisor) prefetch(ctx context.Context, src *layers.Source, img *fetch.Image, idxs []*index.Index) {
 	start := time.Now()
-	fctx, cancel := context.WithTimeout(ctx, profileTimeout)
-	p, err := s.r.cfg.Resolver.FindProfile(fctx, img)
-	cancel()
-	if err != nil {
-		s.log.Debug("no prefetch", "image", img.Ref, "err", err)
+	var p *layers.Profile
+	if s.c.ProfileLooked {
+		b, err := os.ReadFile(s.c.profilePath())
+		if errors.Is(err, fs.ErrNotExist) {
+			return // the image has none
+		}
+		if err == nil {
+			p, err = layers.DecodeProfile(b)
+		}
+		if err == nil && p.Image != img.Digest {
+			err = fmt.Errorf("recorded on %s", p.Image)
+		}
+		if err != nil {
+			s.log.Warn("prefetch profile unusable: starting without it", "path", s.c.profilePath(), "err", err)
+			return
+		}
+	} else if p = s.r.findProfile(ctx, img, profileTimeout); p == nil {
 		return
 	}
 	found := time.Since(start)
