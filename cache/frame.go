@@ -221,6 +221,28 @@ func (s *Store) Has(d digest.Digest) bool {
 	return err == nil && fi.Mode().IsRegular()
 }
 
+// Cached returns the frame with digest d if memory or disk holds it,
+// size bytes long and verified, without loading it: for a load function
+// that can use a neighbouring frame when there is one (it must not call
+// Frame).
+func (s *Store) Cached(d digest.Digest, size int64) ([]byte, bool) {
+	h, err := hexOf(d)
+	if err != nil {
+		return nil, false
+	}
+	if b, ok := s.memGet(h); ok && int64(len(b)) == size {
+		s.st.memoryHits.Add(1)
+		s.useMemory(h)
+		return b, true
+	}
+	b, ok := s.readDisk(h, size)
+	if ok {
+		s.st.diskHits.Add(1)
+		s.memSet(h, b)
+	}
+	return b, ok
+}
+
 // verify checks that b is size bytes whose SHA-256 is the hex h.
 func verify(h string, size int64, b []byte) error {
 	var want [sha256.Size]byte

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -586,5 +587,33 @@ func TestSymlinkNotFollowed(t *testing.T) {
 	logs.expectWarns()
 	if fi, err := os.Lstat(p); err != nil || !fi.Mode().IsRegular() {
 		t.Errorf("Lstat(frame) = %v, %v; want a regular file", fi, err)
+	}
+}
+
+// Cached returns a stored frame, verified, from memory or disk, and never
+// loads one: a missing or damaged frame is a miss.
+func TestCached(t *testing.T) {
+	s, rec := openStore(t, Config{MemoryBytes: -1}) // disk only: every Cached reads the file
+	want, d := testFrame(7, 4096)
+	if _, ok := s.Cached(d, 4096); ok {
+		t.Fatal("Cached() of a frame never stored = true")
+	}
+	if err := s.Put(t.Context(), d, bytes.Clone(want)); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := s.Cached(d, 4096); !ok || !bytes.Equal(got, want) {
+		t.Fatalf("Cached() of a stored frame = %d bytes, %v", len(got), ok)
+	}
+	if err := os.WriteFile(framePath(s.dir, d.Encoded()), bytes.Repeat([]byte{1}, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Cached(d, 4096); ok {
+		t.Error("Cached() of a damaged frame file = true")
+	}
+	if w := rec.expectWarns(); len(w) != 1 || !strings.Contains(w[0], "corrupt frame deleted") {
+		t.Errorf("warnings %q, want the damaged frame's deletion", w)
+	}
+	if st := s.Stats(); st.Loads != 0 {
+		t.Errorf("Cached() made %d loads, want 0", st.Loads)
 	}
 }

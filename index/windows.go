@@ -52,6 +52,23 @@ func (x *Index) NeedsWindow(i int) bool {
 	return x.win != nil && i >= 0 && i < len(x.win.refs) && x.win.refs[i].raw > 0
 }
 
+// WindowFrom returns frame i's window cut from prev, frame i-1 decoded:
+// a window is the end of the uncompressed stream before its frame, as
+// long as the window says. It returns nil when frame i needs no window or
+// prev is not frame i-1's length or shorter than the window. The caller
+// vouches for prev (a verified frame); a wrong one decodes to bytes the
+// frame's digest refuses.
+func (x *Index) WindowFrom(i int, prev []byte) []byte {
+	if !x.NeedsWindow(i) || i == 0 || int64(len(prev)) != x.Frames[i-1].Size {
+		return nil
+	}
+	raw := int(x.win.refs[i].raw)
+	if len(prev) < raw {
+		return nil
+	}
+	return prev[len(prev)-raw:]
+}
+
 // WindowRange returns where the windows of frames first to last (inclusive)
 // lie in the index's encoding: its bytes [off, off+n), one contiguous range
 // (windows are stored in frame order). n is 0 when none of those frames

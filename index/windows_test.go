@@ -179,6 +179,26 @@ func TestTOCAloneDecodesFrames(t *testing.T) {
 		if !bytes.Equal(got, tarData[f.Offset:f.Offset+f.Size]) {
 			t.Fatalf("DecodeFrameWith(%d) differs from the stream", i)
 		}
+		// The same window is the end of the frame before, decoded.
+		if i > 0 {
+			prev := tarData[x.Frames[i-1].Offset : x.Frames[i-1].Offset+x.Frames[i-1].Size]
+			if from := x.WindowFrom(i, prev); !bytes.Equal(from, w) || (from == nil) != !x.NeedsWindow(i) {
+				t.Errorf("WindowFrom(%d) = %d bytes, want the stored window's %d", i, len(from), len(w))
+			}
+			if x.NeedsWindow(i) && x.WindowFrom(i, prev[1:]) != nil {
+				t.Errorf("WindowFrom(%d) of a frame of the wrong length gave a window", i)
+			}
+		}
+	}
+	// Frames after a member's start need no window, and get none.
+	members := 0
+	for i := range x.Frames {
+		if !x.NeedsWindow(i) {
+			members++
+		}
+	}
+	if members < 2 {
+		t.Errorf("%d frames without a window, want the two members' first", members)
 	}
 }
 

@@ -189,27 +189,40 @@ func (s *Source) fetchRun(ctx context.Context, x *index.Index, run []int) (int64
 	if s.meter != nil {
 		ctx = fetch.WithMeter(ctx, s.meter)
 	}
+	// Only the first frame's window may be fetched: every later one is the
+	// end of the frame decoded before it (index.WindowFrom), and the
+	// first's too when the frame before it is cached.
 	var o windowOrigin
-	if !x.WindowsLoaded() {
-		var err error
-		if o, err = s.windowOrigin(x); err != nil {
-			return 0, err
+	winLast := first - 1
+	var prev []byte
+	if x.NeedsWindow(first) {
+		if prev = s.cachedFrame(x, first-1); prev == nil {
+			var err error
+			if o, err = s.windowOrigin(x); err != nil {
+				return 0, err
+			}
+			winLast = first
+			_, wn := x.WindowRange(first, first)
+			n += wn // (the window's own bytes, in a request of their own at the same time)
 		}
 	}
-	_, wn := x.WindowRange(first, last)
-	n += wn // (the windows' bytes, in a request of their own at the same time)
-	buf, wins, err := readRun(ctx, s.client, s.repo, o, x, first, last)
+	buf, wins, err := readRun(ctx, s.client, s.repo, o, x, first, last, winLast)
 	if err != nil {
 		return n, err
 	}
 	for k := first; k <= last; k++ {
 		f := &x.Frames[k]
-		if has(k) {
-			continue
+		win := wins[k-first]
+		if win == nil {
+			win = x.WindowFrom(k, prev)
 		}
-		data, err := x.DecodeFrameWith(k, buf[f.CompressedOffset-off:f.CompressedOffset-off+f.CompressedSize], wins[k-first])
+		data, err := x.DecodeFrameWith(k, buf[f.CompressedOffset-off:f.CompressedOffset-off+f.CompressedSize], win)
 		if err != nil {
 			return n, fmt.Errorf("frame %d: %w", k, err)
+		}
+		prev = data
+		if has(k) {
+			continue
 		}
 		if x.Format == index.FormatTar {
 			data = bytes.Clone(data) // not a piece of buf, which the cache would keep alive

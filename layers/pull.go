@@ -255,7 +255,7 @@ func (p *puller) fetchRange(ctx context.Context, x *index.Index, j *pullJob) err
 		p.count(j.layer, wn) // the windows' own request
 	}
 	start := time.Now()
-	buf, wins, err := readRun(ctx, p.r.cfg.Client, p.repo, o, x, j.want[0], j.want[len(j.want)-1])
+	buf, wins, err := readRun(ctx, p.r.cfg.Client, p.repo, o, x, j.want[0], j.want[len(j.want)-1], j.want[len(j.want)-1])
 	if err != nil {
 		return err
 	}

@@ -251,9 +251,13 @@ func (s *Source) frame(ctx context.Context, x *index.Index, i int) (_ []byte, fe
 // that passes it decodes to bytes the frame's digest refuses.
 func (s *Source) readFrame(ctx context.Context, x *index.Index, i int) (comp, win []byte, err error) {
 	f := &x.Frames[i]
-	if !x.NeedsWindow(i) {
+	if x.NeedsWindow(i) {
+		// The window is the end of the frame before, when that is cached.
+		win = x.WindowFrom(i, s.cachedFrame(x, i-1))
+	}
+	if !x.NeedsWindow(i) || win != nil {
 		comp, err = s.client.ReadRange(ctx, s.repo, x.Layer, f.CompressedOffset, f.CompressedSize)
-		return comp, nil, err
+		return comp, win, err
 	}
 	o, err := s.windowOrigin(x)
 	if err != nil {
@@ -272,6 +276,16 @@ func (s *Source) readFrame(ctx context.Context, x *index.Index, i int) (comp, wi
 		return nil, nil, err
 	}
 	return comp, win, nil
+}
+
+// cachedFrame returns frame i of x if the cache holds it (verified), else
+// nil; it never fetches.
+func (s *Source) cachedFrame(x *index.Index, i int) []byte {
+	if i < 0 || i >= len(x.Frames) {
+		return nil
+	}
+	data, _ := s.store.Cached(x.Frames[i].Digest, x.Frames[i].Size)
+	return data
 }
 
 // windowOrigin returns where the windows of x (a toc alone) are, read from

@@ -94,19 +94,22 @@ func withWindows(ctx context.Context, client *fetch.Client, store *cache.Store, 
 }
 
 // readRun fetches the compressed bytes of frames first to last of x with
-// one Range read and, when x's windows are not loaded, their windows with
-// another from o, at the same time. wins[k-first] is frame k's window (nil
-// when loaded or none).
-func readRun(ctx context.Context, client *fetch.Client, repo string, o windowOrigin, x *index.Index, first, last int) (buf []byte, wins [][]byte, err error) {
+// one Range read and, when x's windows are not loaded, the windows of
+// frames first to winLast (none when winLast < first) with another from o,
+// at the same time. wins[k-first] is frame k's window (nil when loaded,
+// none, or not asked for).
+func readRun(ctx context.Context, client *fetch.Client, repo string, o windowOrigin, x *index.Index, first, last, winLast int) (buf []byte, wins [][]byte, err error) {
 	off := x.Frames[first].CompressedOffset
 	n := x.Frames[last].CompressedOffset + x.Frames[last].CompressedSize - off
-	if _, wn := x.WindowRange(first, last); wn == 0 {
+	wins = make([][]byte, last-first+1)
+	if _, wn := x.WindowRange(first, winLast); wn == 0 || winLast < first {
 		buf, err = client.ReadRange(ctx, repo, x.Layer, off, n)
-		return buf, make([][]byte, last-first+1), err
+		return buf, wins, err
 	}
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() (err error) {
-		wins, err = readWindows(gctx, client, o, x, first, last)
+	g.Go(func() error {
+		ws, err := readWindows(gctx, client, o, x, first, winLast)
+		copy(wins, ws)
 		return err
 	})
 	g.Go(func() (err error) {
