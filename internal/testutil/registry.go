@@ -227,10 +227,14 @@ type BlobRequest struct {
 	// driver's debug log (the registry does not log the Range header); -1
 	// when unknown (HEAD, errors). The served range is [Offset, Offset+Written).
 	Offset int64
+	// AuthError is why the registry's auth refused the request (Status
+	// 401), e.g. "invalid token" for an expired one; "" if it did not.
+	AuthError string
 }
 
 // BlobGets parses the registry's log for the GET and HEAD requests of
-// /v2/<repo>/blobs/<digest> completed so far, in the order they completed.
+// /v2/<repo>/blobs/<digest> completed (or refused by its auth) so far, in
+// the order they completed.
 //
 // docker-registry 2.8 does not record the Range header anywhere (neither in
 // the access log nor at debug level). What it does record at debug level is
@@ -258,12 +262,13 @@ func (r *Registry) BlobGets(t testing.TB) []BlobRequest {
 			off = -1
 		}
 		out = append(out, BlobRequest{
-			Method:  q.Method,
-			Repo:    q.Repo,
-			Digest:  q.Digest,
-			Status:  q.Status,
-			Written: q.Written,
-			Offset:  off,
+			Method:    q.Method,
+			Repo:      q.Repo,
+			Digest:    q.Digest,
+			Status:    q.Status,
+			Written:   q.Written,
+			Offset:    off,
+			AuthError: q.AuthError,
 		})
 	}
 	return out

@@ -50,14 +50,15 @@ type TokenServer struct {
 	Issuer   string // the tokens' iss
 	CertPath string // PEM of the signing certificate: the registry's rootcertbundle
 	User     string // the basic credentials it accepts
-	Password string
+	Password string // at the start; SetPassword changes it
 
 	lifetime time.Duration
 	key      *ecdsa.PrivateKey
 	certDER  []byte
 	srv      *http.Server
 
-	mu       sync.Mutex // guards issued and requests
+	mu       sync.Mutex // guards password, issued and requests
+	password string
 	issued   []IssuedToken
 	requests []TokenRequest
 }
@@ -133,6 +134,7 @@ func StartTokenServer(t testing.TB, cfg TokenServerConfig) *TokenServer {
 		CertPath: certPath,
 		User:     cfg.User,
 		Password: cfg.Password,
+		password: cfg.Password,
 		lifetime: cfg.Lifetime,
 		key:      key,
 		certDER:  der,
@@ -165,6 +167,14 @@ func (ts *TokenServer) Realm() string {
 // Lifetime is how long the registry accepts a token after it was issued.
 func (ts *TokenServer) Lifetime() time.Duration { return ts.lifetime }
 
+// SetPassword makes the server accept password instead from now on (as
+// when an account's password is changed or its access token revoked).
+func (ts *TokenServer) SetPassword(password string) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	ts.password = password
+}
+
 // Issued returns the tokens issued so far, oldest first.
 func (ts *TokenServer) Issued() []IssuedToken {
 	ts.mu.Lock()
@@ -181,7 +191,7 @@ func (ts *TokenServer) Requests() []TokenRequest {
 
 // DockerConfig writes a Docker config.json holding ts's credentials for
 // registry (host:port) into a new temporary directory and returns the
-// directory, for DOCKER_CONFIG. password "" writes ts's own password.
+// directory, for DOCKER_CONFIG. password "" writes ts.Password.
 func (ts *TokenServer) DockerConfig(t testing.TB, registry, password string) string {
 	t.Helper()
 	if password == "" {
@@ -207,8 +217,10 @@ func (ts *TokenServer) serve(w http.ResponseWriter, r *http.Request) {
 	if hasBasic {
 		req.User = user
 	}
-	status := ts.answer(w, r, req, hasBasic && user == ts.User && pass == ts.Password)
-	req.Status = status
+	ts.mu.Lock()
+	credsOK := hasBasic && user == ts.User && pass == ts.password
+	ts.mu.Unlock()
+	req.Status = ts.answer(w, r, req, credsOK)
 	ts.mu.Lock()
 	ts.requests = append(ts.requests, req)
 	ts.mu.Unlock()

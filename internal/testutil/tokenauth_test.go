@@ -54,7 +54,7 @@ func TestTokenAuthRegistry(t *testing.T) {
 	if reg.PushAddr == reg.Addr {
 		t.Fatalf("PushAddr = Addr = %s, want a registry without auth", reg.Addr)
 	}
-	_, d := PushImage(t, reg.PushAddr, "test/auth:v1", []Layer{{Blob: Tar(t, []File{{Path: "f", Data: []byte("x")}})}}, ImageConfig{})
+	p := PushImageInfo(t, reg.PushAddr, "test/auth:v1", []Layer{{Blob: Tar(t, []File{{Path: "f", Data: []byte("x")}})}}, ImageConfig{})
 	manifestURL := "http://" + reg.Addr + "/v2/test/auth/manifests/v1"
 
 	status, hdr, _ := get(t, manifestURL, map[string]string{"Accept": acceptAll})
@@ -75,7 +75,7 @@ func TestTokenAuthRegistry(t *testing.T) {
 	if status, _, _ := get(t, manifestURL, bearer); status != http.StatusOK {
 		t.Fatalf("GET manifest with a fresh token = %d, want 200", status)
 	}
-	pullManifest(t, reg.PushAddr, "test/auth", "v1", d)
+	pullManifest(t, reg.PushAddr, "test/auth", "v1", p.Digest)
 
 	// The token grants pull of test/auth only.
 	status, hdr, _ = get(t, "http://"+reg.Addr+"/v2/test/other/manifests/v1", bearer)
@@ -101,6 +101,15 @@ func TestTokenAuthRegistry(t *testing.T) {
 	if status != http.StatusUnauthorized || !strings.Contains(hdr.Get("WWW-Authenticate"), `error="invalid_token"`) {
 		t.Errorf("GET manifest %v after the token was issued = %d, %q; want 401 invalid_token",
 			time.Since(issued[0].At).Round(time.Millisecond), status, hdr.Get("WWW-Authenticate"))
+	}
+	// So is a blob read, and the registry's log says why.
+	blob := p.Layers[0].Digest.String()
+	if status, _, _ := get(t, "http://"+reg.Addr+"/v2/test/auth/blobs/"+blob, bearer); status != http.StatusUnauthorized {
+		t.Errorf("GET blob with the expired token = %d, want 401", status)
+	}
+	gets := reg.BlobGets(t)
+	if len(gets) != 1 || gets[0].Status != http.StatusUnauthorized || gets[0].AuthError != "invalid token" || gets[0].Digest.String() != blob {
+		t.Errorf("BlobGets() = %+v, want the GET of %s refused: invalid token", gets, blob)
 	}
 	reqs := ts.Requests()
 	if len(reqs) != 3 || reqs[0].Scopes[0] != "repository:test/auth:pull" || reqs[2].Status != http.StatusUnauthorized {
