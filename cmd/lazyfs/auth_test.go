@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/lazyfs/lazyfs/internal/testutil"
 )
@@ -215,4 +216,89 @@ func TestTokenAuthRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBlobRedirect mounts an image from docker-registry behind token auth
+// whose blob GETs are redirected (307) to blob storage on another port,
+// as S3-backed registries do: the bytes are right, the Range headers
+// reach the storage (it never serves a whole layer), the bearer token
+// does not (the storage would refuse it), and a storage answer cut short
+// is fetched again, never read as it is.
+func TestBlobRedirect(t *testing.T) {
+	testutil.RequireFUSE(t, "FUSE")
+	ts := testutil.StartTokenServer(t, testutil.TokenServerConfig{})
+	reg := testutil.StartRegistry(t, testutil.WithTokenAuth(ts))
+	layer := testutil.WriteLayer(t, []testutil.File{{Path: "big/pattern", Size: 16 << 20, Seed: 7}}, types.OCILayer)
+	p := testutil.PushImageInfo(t, reg.PushAddr, "test/redirect:v1", []testutil.Layer{layer}, testutil.ImageConfig{})
+	layerDigest, layerSize := digest.Digest(p.Layers[0].Digest.String()), p.Layers[0].Size
+	bs := testutil.StartBlobStore(t, reg)
+	ref := bs.Addr + "/test/redirect:v1"
+	useDockerConfig(t, ts.DockerConfig(t, bs.Addr, ""))
+	// Building the index streams the whole layer once (through the
+	// storage too); the mount's reads are counted from here.
+	mustLazyfs(t, "index", "--push", "--root", t.TempDir(), ref)
+	indexed, redirected := len(bs.Requests()), bs.Redirects()
+
+	m := mount(t, t.TempDir(), ref, "--retries", "2")
+	readPattern(t, m.dir, 0, 1<<20)
+	readPattern(t, m.dir, 10<<20, 1<<20)
+	reqs := bs.Requests()[indexed:]
+	var layerGets int
+	var layerBytes, largest int64
+	for _, r := range reqs {
+		if r.Digest != layerDigest || r.Method != http.MethodGet {
+			continue
+		}
+		layerGets++
+		layerBytes += r.Bytes
+		largest = max(largest, r.Bytes)
+		if r.Range == "" || r.Status != http.StatusPartialContent || r.Bytes >= layerSize {
+			t.Errorf("storage GET of the layer %+v: want a Range answered 206 with less than the layer's %d bytes", r, layerSize)
+		}
+	}
+	t.Logf("lazyfs index --push: %d redirects; the mount and 2 MiB read: %d redirects, %d storage requests, %d GETs of the %d-byte layer (%d bytes, the largest %d), none with an Authorization header",
+		redirected, bs.Redirects()-redirected, len(reqs), layerGets, layerSize, layerBytes, largest)
+	if bs.Redirects() == redirected || layerGets == 0 {
+		t.Fatalf("%d redirects, %d storage GETs of the layer: the reads did not go through the storage", bs.Redirects()-redirected, layerGets)
+	}
+
+	for _, r := range bs.Requests() {
+		if r.Authorization || r.Status == http.StatusBadRequest {
+			t.Errorf("the storage got an Authorization header: %+v", r)
+		}
+	}
+
+	// Two answers cut short: fetched again, the bytes are right.
+	seen := len(bs.Requests())
+	bs.Short(2)
+	readPattern(t, m.dir, 4<<20, 64<<10)
+	var short, after int
+	for _, r := range bs.Requests()[seen:] {
+		after++
+		if r.Short {
+			short++
+		}
+	}
+	t.Logf("with 2 answers cut short: %d storage requests, %d of them short", after, short)
+	if short != 2 {
+		t.Errorf("%d storage answers were cut short, want 2", short)
+	}
+
+	// Every answer cut short: EIO, never the half bytes; then the same
+	// read works.
+	bs.Short(1 << 30)
+	f, err := os.Open(filepath.Join(m.dir, "big/pattern"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	n, err := f.ReadAt(make([]byte, 64<<10), 14<<20)
+	f.Close()
+	t.Logf("with every answer cut short the read failed after %v: %d bytes, %v", time.Since(start).Round(time.Millisecond), n, err)
+	if !errors.Is(err, syscall.EIO) {
+		t.Errorf("read with every storage answer cut short = %d bytes, %v; want EIO", n, err)
+	}
+	bs.Short(0)
+	readPattern(t, m.dir, 14<<20, 64<<10)
+	m.stop(t)
 }
