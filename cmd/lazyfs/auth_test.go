@@ -92,7 +92,7 @@ func TestTokenExpiresMidMount(t *testing.T) {
 	// waitExpiry waits until the last token issued has expired.
 	waitExpiry := func() {
 		issued := ts.Issued()
-		wait := time.Until(issued[len(issued)-1].Expires) + 1100*time.Millisecond // exp has whole seconds
+		wait := time.Until(issued[len(issued)-1].Expires) + 1100*time.Millisecond // and a margin
 		t.Logf("waiting %v for the last token to expire", wait.Round(time.Millisecond))
 		time.Sleep(wait)
 	}

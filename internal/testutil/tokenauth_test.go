@@ -96,7 +96,7 @@ func TestTokenAuthRegistry(t *testing.T) {
 	}
 
 	// Once the lifetime is over the registry refuses the token.
-	time.Sleep(time.Until(issued[0].Expires) + 1100*time.Millisecond) // exp has whole seconds
+	time.Sleep(time.Until(issued[0].Expires) + 1100*time.Millisecond) // and a margin
 	status, hdr, _ = get(t, manifestURL, bearer)
 	if status != http.StatusUnauthorized || !strings.Contains(hdr.Get("WWW-Authenticate"), `error="invalid_token"`) {
 		t.Errorf("GET manifest %v after the token was issued = %d, %q; want 401 invalid_token",
