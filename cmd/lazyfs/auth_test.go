@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/opencontainers/go-digest"
 
 	"github.com/lazyfs/lazyfs/internal/testutil"
 )
@@ -28,37 +28,52 @@ func useDockerConfig(t *testing.T, dir string) {
 	t.Setenv("XDG_CONFIG_HOME", "")
 }
 
-// tokenImage pushes an image with one gzip layer holding a 16 MiB file
-// (pattern seed 7) to a registry behind token auth, and its layer index
-// through the auth (with push tokens). It returns the reference to mount.
-func tokenImage(t *testing.T, reg *testutil.Registry, ts *testutil.TokenServer) string {
+// patternFileSize is the size of each file of pushPatternImage.
+const patternFileSize = 2 << 20
+
+// pushPatternImage pushes an image to reg.PushAddr whose files /NAME (2
+// MiB of the pattern for seed i+1, for the i-th name) sit in gzip layers
+// of their own, so that reading a file, or opening it (which fetches its
+// frames), never fetches another's. It returns each file's layer.
+func pushPatternImage(t *testing.T, reg *testutil.Registry, repo string, names ...string) map[string]v1.Descriptor {
 	t.Helper()
-	layer := testutil.WriteLayer(t, []testutil.File{{Path: "big/pattern", Size: 16 << 20, Seed: 7}}, types.OCILayer)
-	testutil.PushImage(t, reg.PushAddr, "test/token:v1", []testutil.Layer{layer}, testutil.ImageConfig{})
-	ref := reg.Addr + "/test/token:v1"
-	useDockerConfig(t, ts.DockerConfig(t, reg.Addr, ""))
-	mustLazyfs(t, "index", "--push", "--root", t.TempDir(), ref)
-	return ref
+	var ls []testutil.Layer
+	for i, name := range names {
+		ls = append(ls, testutil.WriteLayer(t, []testutil.File{{Path: name, Size: patternFileSize, Seed: int64(i + 1)}}, types.OCILayer))
+	}
+	p := testutil.PushImageInfo(t, reg.PushAddr, repo, ls, testutil.ImageConfig{})
+	out := map[string]v1.Descriptor{}
+	for i, name := range names {
+		out[name] = p.Layers[i]
+	}
+	return out
 }
 
-// readPattern reads n bytes of the mount's big/pattern at off and checks
-// them against the pattern.
-func readPattern(t *testing.T, dir string, off int64, n int) {
+// readPattern reads n bytes of the mount's file name (the i-th of
+// pushPatternImage's names: seed i+1) at off and checks them.
+func readPattern(t *testing.T, dir, name string, seed, off int64, n int) {
 	t.Helper()
-	f, err := os.Open(filepath.Join(dir, "big/pattern"))
+	got, err := readAt(dir, name, off, n)
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	got := make([]byte, n)
-	if _, err := f.ReadAt(got, off); err != nil {
-		t.Fatalf("read big/pattern [%d,+%d): %v", off, n, err)
+		t.Fatalf("read %s [%d,+%d): %v", name, off, n, err)
 	}
 	want := make([]byte, n)
-	testutil.PatternAt(7, off, want)
+	testutil.PatternAt(seed, off, want)
 	if !bytes.Equal(got, want) {
-		t.Fatalf("read big/pattern [%d,+%d): wrong bytes", off, n)
+		t.Fatalf("read %s [%d,+%d): wrong bytes", name, off, n)
 	}
+}
+
+// readAt opens dir/name, reads n bytes at off and closes it.
+func readAt(dir, name string, off int64, n int) ([]byte, error) {
+	f, err := os.Open(filepath.Join(dir, name))
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	got, err := f.ReadAt(b, off)
+	return b[:got], err
 }
 
 // expiredTokens counts the blob requests the registry refused because
@@ -74,8 +89,8 @@ func expiredTokens(t *testing.T, reg *testutil.Registry) int {
 }
 
 // TestTokenExpiresMidMount mounts an image from docker-registry behind
-// token auth whose tokens live 2 s, lets the token expire, and reads
-// frames never fetched: the registry's 401 is answered by a new token
+// token auth whose tokens live 2 s, lets the token expire, and reads a
+// file never fetched: the registry's 401 is answered by a new token
 // (go-containerregistry's bearer transport refreshes once per 401) and the
 // bytes are right. When the refresh itself is refused (the password was
 // changed meanwhile) the read fails at once with EIO, and works again once
@@ -84,11 +99,14 @@ func TestTokenExpiresMidMount(t *testing.T) {
 	testutil.RequireFUSE(t, "FUSE")
 	ts := testutil.StartTokenServer(t, testutil.TokenServerConfig{Lifetime: 2 * time.Second})
 	reg := testutil.StartRegistry(t, testutil.WithTokenAuth(ts))
-	ref := tokenImage(t, reg, ts)
+	pushPatternImage(t, reg, "test/token:v1", "a", "b", "c")
+	ref := reg.Addr + "/test/token:v1"
+	useDockerConfig(t, ts.DockerConfig(t, reg.Addr, ""))
+	mustLazyfs(t, "index", "--push", "--root", t.TempDir(), ref) // through the auth too, with push tokens
 	atMount := len(ts.Issued())
 
 	m := mount(t, t.TempDir(), ref)
-	readPattern(t, m.dir, 0, 1<<20)
+	readPattern(t, m.dir, "a", 1, 0, patternFileSize)
 	// waitExpiry waits until the last token issued has expired.
 	waitExpiry := func() {
 		issued := ts.Issued()
@@ -100,11 +118,11 @@ func TestTokenExpiresMidMount(t *testing.T) {
 	before, expired := len(ts.Issued()), expiredTokens(t, reg)
 	waitExpiry()
 	start := time.Now()
-	readPattern(t, m.dir, 12<<20, 1<<20)
+	readPattern(t, m.dir, "b", 2, 0, patternFileSize)
 	took := time.Since(start)
 	after := ts.Issued()
-	t.Logf("the mount took %d tokens to start; a 1 MiB read of cold frames after the expiry took %v: %d blob requests refused (401, invalid token), %d new tokens",
-		before-atMount, took.Round(time.Millisecond), expiredTokens(t, reg)-expired, len(after)-before)
+	t.Logf("the mount took %d tokens to read /a; reading /b (%d bytes) after the expiry took %v: %d blob requests refused (401, invalid token), %d new tokens",
+		before-atMount, patternFileSize, took.Round(time.Millisecond), expiredTokens(t, reg)-expired, len(after)-before)
 	if expiredTokens(t, reg) == expired {
 		t.Errorf("no blob request was refused for an expired token: the test did not test the expiry")
 	}
@@ -125,21 +143,16 @@ func TestTokenExpiresMidMount(t *testing.T) {
 	ts.SetPassword("changed")
 	waitExpiry()
 	asked := len(ts.Requests())
-	f, err := os.Open(filepath.Join(m.dir, "big/pattern"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	start = time.Now()
-	_, err = f.ReadAt(make([]byte, 4096), 6<<20)
+	_, err := readAt(m.dir, "c", 0, 4096)
 	took = time.Since(start)
-	f.Close()
 	refused := 0
 	for _, r := range ts.Requests()[asked:] {
 		if r.Status == http.StatusUnauthorized {
 			refused++
 		}
 	}
-	t.Logf("with the password changed the read failed after %v (%v); %d token requests refused", took.Round(time.Millisecond), err, refused)
+	t.Logf("with the password changed the read of /c failed after %v (%v); %d token requests refused", took.Round(time.Millisecond), err, refused)
 	if !errors.Is(err, syscall.EIO) {
 		t.Errorf("read with the refresh refused = %v, want EIO", err)
 	}
@@ -153,7 +166,7 @@ func TestTokenExpiresMidMount(t *testing.T) {
 		t.Errorf("the mount's log does not name the registry and the 401:\n%s", log)
 	}
 	ts.SetPassword(ts.Password)
-	readPattern(t, m.dir, 6<<20, 4096)
+	readPattern(t, m.dir, "c", 3, 0, patternFileSize)
 	m.stop(t)
 }
 
@@ -221,57 +234,57 @@ func TestTokenAuthRefused(t *testing.T) {
 // TestBlobRedirect mounts an image from docker-registry behind token auth
 // whose blob GETs are redirected (307) to blob storage on another port,
 // as S3-backed registries do: the bytes are right, the Range headers
-// reach the storage (it never serves a whole layer), the bearer token
-// does not (the storage would refuse it), and a storage answer cut short
-// is fetched again, never read as it is.
+// reach the storage (it never serves a whole layer, and nothing of a layer
+// whose file is not read), the bearer token does not (the storage would
+// refuse it), and a storage answer cut short is fetched again, never read
+// as it is.
 func TestBlobRedirect(t *testing.T) {
 	testutil.RequireFUSE(t, "FUSE")
 	ts := testutil.StartTokenServer(t, testutil.TokenServerConfig{})
 	reg := testutil.StartRegistry(t, testutil.WithTokenAuth(ts))
-	layer := testutil.WriteLayer(t, []testutil.File{{Path: "big/pattern", Size: 16 << 20, Seed: 7}}, types.OCILayer)
-	p := testutil.PushImageInfo(t, reg.PushAddr, "test/redirect:v1", []testutil.Layer{layer}, testutil.ImageConfig{})
-	layerDigest, layerSize := digest.Digest(p.Layers[0].Digest.String()), p.Layers[0].Size
+	names := []string{"a", "b", "c", "d", "unread"}
+	layers := pushPatternImage(t, reg, "test/redirect:v1", names...)
 	bs := testutil.StartBlobStore(t, reg)
 	ref := bs.Addr + "/test/redirect:v1"
 	useDockerConfig(t, ts.DockerConfig(t, bs.Addr, ""))
-	// Building the index streams the whole layer once (through the
-	// storage too); the mount's reads are counted from here.
+	// Building the index streams every layer once (through the storage
+	// too); the mount's requests are counted from here.
 	mustLazyfs(t, "index", "--push", "--root", t.TempDir(), ref)
 	indexed, redirected := len(bs.Requests()), bs.Redirects()
 
 	m := mount(t, t.TempDir(), ref, "--retries", "2")
-	readPattern(t, m.dir, 0, 1<<20)
-	readPattern(t, m.dir, 10<<20, 1<<20)
-	reqs := bs.Requests()[indexed:]
-	var layerGets int
-	var layerBytes, largest int64
-	for _, r := range reqs {
-		if r.Digest != layerDigest || r.Method != http.MethodGet {
-			continue
+	readPattern(t, m.dir, "a", 1, 0, patternFileSize)
+	readPattern(t, m.dir, "b", 2, 0, patternFileSize)
+	// checkStorage checks the storage's GETs of layers since the index
+	// was built: each a Range answered 206 with less than the layer.
+	checkStorage := func() (gets map[string]int, bytes int64, largest int64) {
+		gets = map[string]int{}
+		for _, r := range bs.Requests()[indexed:] {
+			for name, l := range layers {
+				if r.Digest.String() != l.Digest.String() || r.Method != http.MethodGet {
+					continue
+				}
+				gets[name]++
+				bytes += r.Bytes
+				largest = max(largest, r.Bytes)
+				if r.Range == "" || r.Status != http.StatusPartialContent || r.Bytes >= l.Size {
+					t.Errorf("storage GET of /%s's layer %+v: want a Range answered 206 with less than the layer's %d bytes", name, r, l.Size)
+				}
+			}
 		}
-		layerGets++
-		layerBytes += r.Bytes
-		largest = max(largest, r.Bytes)
-		if r.Range == "" || r.Status != http.StatusPartialContent || r.Bytes >= layerSize {
-			t.Errorf("storage GET of the layer %+v: want a Range answered 206 with less than the layer's %d bytes", r, layerSize)
-		}
+		return gets, bytes, largest
 	}
-	t.Logf("lazyfs index --push: %d redirects; the mount and 2 MiB read: %d redirects, %d storage requests, %d GETs of the %d-byte layer (%d bytes, the largest %d), none with an Authorization header",
-		redirected, bs.Redirects()-redirected, len(reqs), layerGets, layerSize, layerBytes, largest)
-	if bs.Redirects() == redirected || layerGets == 0 {
-		t.Fatalf("%d redirects, %d storage GETs of the layer: the reads did not go through the storage", bs.Redirects()-redirected, layerGets)
-	}
-
-	for _, r := range bs.Requests() {
-		if r.Authorization || r.Status == http.StatusBadRequest {
-			t.Errorf("the storage got an Authorization header: %+v", r)
-		}
+	gets, got, largest := checkStorage()
+	t.Logf("lazyfs index --push: %d redirects; the mount and reading /a and /b (%d bytes each): %d redirects, storage GETs of their layers %v (%d bytes, the largest %d; layers of %d and %d bytes)",
+		redirected, patternFileSize, bs.Redirects()-redirected, gets, got, largest, layers["a"].Size, layers["b"].Size)
+	if gets["a"] == 0 || gets["b"] == 0 {
+		t.Fatalf("storage GETs %v: the reads did not go through the storage", gets)
 	}
 
 	// Two answers cut short: fetched again, the bytes are right.
 	seen := len(bs.Requests())
 	bs.Short(2)
-	readPattern(t, m.dir, 4<<20, 64<<10)
+	readPattern(t, m.dir, "c", 3, 0, patternFileSize)
 	var short, after int
 	for _, r := range bs.Requests()[seen:] {
 		after++
@@ -279,7 +292,7 @@ func TestBlobRedirect(t *testing.T) {
 			short++
 		}
 	}
-	t.Logf("with 2 answers cut short: %d storage requests, %d of them short", after, short)
+	t.Logf("reading /c with 2 answers cut short: %d storage requests, %d of them short", after, short)
 	if short != 2 {
 		t.Errorf("%d storage answers were cut short, want 2", short)
 	}
@@ -287,18 +300,23 @@ func TestBlobRedirect(t *testing.T) {
 	// Every answer cut short: EIO, never the half bytes; then the same
 	// read works.
 	bs.Short(1 << 30)
-	f, err := os.Open(filepath.Join(m.dir, "big/pattern"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	start := time.Now()
-	n, err := f.ReadAt(make([]byte, 64<<10), 14<<20)
-	f.Close()
-	t.Logf("with every answer cut short the read failed after %v: %d bytes, %v", time.Since(start).Round(time.Millisecond), n, err)
+	b, err := readAt(m.dir, "d", 0, 64<<10)
+	t.Logf("with every answer cut short the read of /d failed after %v: %d bytes, %v", time.Since(start).Round(time.Millisecond), len(b), err)
 	if !errors.Is(err, syscall.EIO) {
-		t.Errorf("read with every storage answer cut short = %d bytes, %v; want EIO", n, err)
+		t.Errorf("read with every storage answer cut short = %d bytes, %v; want EIO", len(b), err)
 	}
 	bs.Short(0)
-	readPattern(t, m.dir, 14<<20, 64<<10)
+	readPattern(t, m.dir, "d", 4, 0, patternFileSize)
+
+	gets, _, _ = checkStorage()
+	if gets["unread"] != 0 {
+		t.Errorf("the layer of /unread was fetched %d times, want never", gets["unread"])
+	}
+	for _, r := range bs.Requests() {
+		if r.Authorization || r.Status == http.StatusBadRequest {
+			t.Errorf("the storage got an Authorization header: %+v", r)
+		}
+	}
 	m.stop(t)
 }
