@@ -1,6 +1,7 @@
 // Package registrylog reads the JSON log of Debian's docker-registry
-// (distribution 2.8) at debug level: which requests it answered, and for
-// a ranged blob read, where in the blob the body started. The integration
+// (distribution 2.8) at debug level: which requests it answered (or its
+// auth refused), and for a ranged blob read, where in the blob the body
+// started. The integration
 // tests (internal/testutil) and the benchmark (bench) both count the
 // registry's traffic with it.
 package registrylog
@@ -10,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"regexp"
 	"strconv"
 	"strings"
@@ -33,6 +35,11 @@ type Request struct {
 	// (the registry does not log the Range header anywhere); -1 when the
 	// request has no such line.
 	Offset int64
+	// AuthError is why the registry's auth refused the request, from its
+	// warning "error authorizing context: REASON" ("invalid token" for an
+	// expired one, "authorization token required", "insufficient scope");
+	// such a request has no "response completed" line, and Status is 401.
+	AuthError string
 }
 
 var (
@@ -72,10 +79,16 @@ func Parse(rd io.Reader) ([]Request, error) {
 			}
 			continue
 		}
-		if !strings.HasPrefix(e.Msg, "response completed") {
+		reason, refused := strings.CutPrefix(e.Msg, "error authorizing context: ")
+		if !refused && !strings.HasPrefix(e.Msg, "response completed") {
 			continue
 		}
 		r := Request{ID: e.ID, Method: e.Method, URI: e.URI, Status: e.Status, Written: e.Written, Offset: -1}
+		if refused {
+			// docker-registry answers an auth challenge with 401 and
+			// logs no completion for it.
+			r.Status, r.Written, r.AuthError = http.StatusUnauthorized, 0, reason
+		}
 		if off, ok := offsets[e.ID]; ok {
 			r.Offset = off
 			delete(offsets, e.ID)

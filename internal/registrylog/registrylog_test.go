@@ -33,6 +33,8 @@ func TestParse(t *testing.T) {
 		line("c", "HEAD", blob, "response completed", 200, 0),
 		line("b", "GET", blob, "response completed", 206, 1001),
 		line("d", "GET", blob, "response completed", 200, 7), // a whole-blob GET has no Reader line
+		`{"level":"info","msg":"token not to be used after 2026-11-23 23:30:33 +0000 UTC - currently 2026-11-23 23:30:34.298341004 +0000 UTC"}` + "\n",
+		line("e", "GET", blob, "error authorizing context: invalid token", 0, 0),
 		`{"msg":"response completed", "partial`,
 	}, "")
 	got, err := Parse(strings.NewReader(log))
@@ -44,6 +46,7 @@ func TestParse(t *testing.T) {
 		{ID: "c", Method: "HEAD", URI: blob, Status: 200, Repo: "test/busybox", Digest: d, Offset: -1},
 		{ID: "b", Method: "GET", URI: blob, Status: 206, Written: 1001, Repo: "test/busybox", Digest: d, Offset: 1000},
 		{ID: "d", Method: "GET", URI: blob, Status: 200, Written: 7, Repo: "test/busybox", Digest: d, Offset: -1},
+		{ID: "e", Method: "GET", URI: blob, Status: 401, Repo: "test/busybox", Digest: d, Offset: -1, AuthError: "invalid token"},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Parse() =\n%+v\nwant\n%+v", got, want)

@@ -1,5 +1,7 @@
 // Package testutil holds the helpers that lazyfs tests share: a real
-// registry (Debian's docker-registry) started per test, a fault-injecting
+// registry (Debian's docker-registry) started per test, if asked behind
+// token auth with a token server of its own (TokenServer) or with blob
+// storage it redirects blob reads to (BlobStore), a fault-injecting
 // reverse proxy in front of it, layer and image builders that push with plain
 // HTTP, a minimal busybox root, a reference unpacker with OCI layer semantics
 // and a tree comparison for differential tests.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,37 +26,74 @@ const registryStartTimeout = 15 * time.Second
 // started by StartRegistry and killed when the test ends.
 type Registry struct {
 	Addr    string // 127.0.0.1:PORT
-	Dir     string // holds config.yml, data/ and the log
+	Dir     string // holds the config (registry.yml), data/ and the log
 	LogPath string // everything the registry printed: JSON app log and access log
+
+	// PushAddr is where tests push their images (PushImage and the
+	// others take it): Addr, or with WithTokenAuth a second docker-registry
+	// serving the same storage without auth (its log is not LogPath).
+	PushAddr string
 }
 
 // URL returns "http://" + r.Addr.
 func (r *Registry) URL() string { return "http://" + r.Addr }
 
+// RegistryOption changes how StartRegistry configures docker-registry.
+type RegistryOption func(*registryOptions)
+
+type registryOptions struct {
+	token *TokenServer
+}
+
+// WithTokenAuth makes the registry require bearer tokens issued by ts
+// (docker-registry's `auth: token:` with ts's realm, service, issuer and
+// certificate): every request without a valid token, an expired one
+// included, is answered 401 with a Bearer challenge naming ts.Realm().
+func WithTokenAuth(ts *TokenServer) RegistryOption {
+	return func(o *registryOptions) { o.token = ts }
+}
+
 // StartRegistry starts docker-registry on a free loopback port with its
 // storage under t.TempDir and waits (at most 15 s) until /v2/ answers. The
 // process is killed and waited for in t.Cleanup. Without the binary the test
-// is skipped, or fails under LAZYFS_REQUIRE_REGISTRY=1.
+// is skipped, or fails under LAZYFS_REQUIRE_REGISTRY=1. Without options it
+// needs no credentials.
 //
 // The registry logs at debug level in JSON so that BlobGets can tell which
 // byte ranges were served; its access log (combined log format, no Range
 // header) is in the same file.
-func StartRegistry(t testing.TB) *Registry {
+func StartRegistry(t testing.TB, opts ...RegistryOption) *Registry {
 	t.Helper()
 	if _, err := os.Stat(RegistryBinary); err != nil {
 		skipOrFail(t, "StartRegistry: %s missing (apt-get install docker-registry, or scripts/install-deps.sh)", RegistryBinary)
 	}
-	dir := t.TempDir()
+	var o registryOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	r := &Registry{Dir: t.TempDir()}
+	r.Addr, r.LogPath = launchRegistry(t, r.Dir, "registry", o.token)
+	r.PushAddr = r.Addr
+	if o.token != nil {
+		r.PushAddr, _ = launchRegistry(t, r.Dir, "registry-open", nil)
+	}
+	return r
+}
+
+// launchRegistry starts one docker-registry process on the storage under
+// dir, with its files named after name, and returns its address and log.
+func launchRegistry(t testing.TB, dir, name string, token *TokenServer) (addr, logPath string) {
+	t.Helper()
 	var lastErr error
 	for attempt := range 5 {
 		addr, err := freeLoopbackAddr()
 		if err != nil {
 			t.Fatalf("StartRegistry: find a free port: %v", err)
 		}
-		r := &Registry{Addr: addr, Dir: dir, LogPath: filepath.Join(dir, fmt.Sprintf("registry-%d.log", attempt))}
-		err = r.start(t)
+		logPath := filepath.Join(dir, fmt.Sprintf("%s-%d.log", name, attempt))
+		err = startRegistryProcess(t, dir, name, addr, logPath, token)
 		if err == nil {
-			return r
+			return addr, logPath
 		}
 		lastErr = err
 		// Most likely the port was taken between our probe and the
@@ -63,7 +101,7 @@ func StartRegistry(t testing.TB) *Registry {
 		t.Logf("StartRegistry: attempt %d on %s: %v", attempt+1, addr, err)
 	}
 	t.Fatalf("StartRegistry: %v", lastErr)
-	return nil
+	return "", ""
 }
 
 // freeLoopbackAddr returns a 127.0.0.1 address whose port was free a moment ago.
@@ -76,7 +114,7 @@ func freeLoopbackAddr() (string, error) {
 	return addr, l.Close()
 }
 
-// registryConfig is the config.yml for docker-registry 2.8; %s are the
+// registryConfig is the config file of docker-registry 2.8; %s are the
 // storage directory and the listen address.
 const registryConfig = `version: 0.1
 log:
@@ -99,13 +137,26 @@ http:
     X-Content-Type-Options: [nosniff]
 `
 
-func (r *Registry) start(t testing.TB) error {
-	cfgPath := filepath.Join(r.Dir, "config.yml")
-	cfg := fmt.Sprintf(registryConfig, filepath.Join(r.Dir, "data"), r.Addr)
+// registryTokenAuth is the auth section for WithTokenAuth; %q are the
+// realm, service, issuer and certificate bundle.
+const registryTokenAuth = `auth:
+  token:
+    realm: %q
+    service: %q
+    issuer: %q
+    rootcertbundle: %q
+`
+
+func startRegistryProcess(t testing.TB, dir, name, addr, logPath string, token *TokenServer) error {
+	cfgPath := filepath.Join(dir, name+".yml")
+	cfg := fmt.Sprintf(registryConfig, filepath.Join(dir, "data"), addr)
+	if token != nil {
+		cfg += fmt.Sprintf(registryTokenAuth, token.Realm(), token.Service, token.Issuer, token.CertPath)
+	}
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return err
 	}
-	logf, err := os.Create(r.LogPath)
+	logf, err := os.Create(logPath)
 	if err != nil {
 		return err
 	}
@@ -131,18 +182,21 @@ func (r *Registry) start(t testing.TB) error {
 	for {
 		select {
 		case err := <-exited:
-			return fmt.Errorf("docker-registry exited before answering (%v): %s", err, TailFile(r.LogPath, 2000))
+			return fmt.Errorf("docker-registry exited before answering (%v): %s", err, TailFile(logPath, 2000))
 		case <-deadline.C:
 			stop()
-			return fmt.Errorf("docker-registry on %s did not answer /v2/ within %v: %s", r.Addr, registryStartTimeout, TailFile(r.LogPath, 2000))
+			return fmt.Errorf("docker-registry on %s did not answer /v2/ within %v: %s", addr, registryStartTimeout, TailFile(logPath, 2000))
 		case <-tick.C:
 		}
-		resp, err := client.Get(r.URL() + "/v2/")
+		resp, err := client.Get("http://" + addr + "/v2/")
 		if err != nil {
 			continue
 		}
 		resp.Body.Close()
-		if resp.StatusCode == http.StatusOK {
+		// With token auth, up means: asks for a token.
+		up := resp.StatusCode == http.StatusOK ||
+			(token != nil && resp.StatusCode == http.StatusUnauthorized && strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer "))
+		if up {
 			t.Cleanup(stop)
 			return nil
 		}
@@ -173,10 +227,14 @@ type BlobRequest struct {
 	// driver's debug log (the registry does not log the Range header); -1
 	// when unknown (HEAD, errors). The served range is [Offset, Offset+Written).
 	Offset int64
+	// AuthError is why the registry's auth refused the request (Status
+	// 401), e.g. "invalid token" for an expired one; "" if it did not.
+	AuthError string
 }
 
 // BlobGets parses the registry's log for the GET and HEAD requests of
-// /v2/<repo>/blobs/<digest> completed so far, in the order they completed.
+// /v2/<repo>/blobs/<digest> completed (or refused by its auth) so far, in
+// the order they completed.
 //
 // docker-registry 2.8 does not record the Range header anywhere (neither in
 // the access log nor at debug level). What it does record at debug level is
@@ -204,12 +262,13 @@ func (r *Registry) BlobGets(t testing.TB) []BlobRequest {
 			off = -1
 		}
 		out = append(out, BlobRequest{
-			Method:  q.Method,
-			Repo:    q.Repo,
-			Digest:  q.Digest,
-			Status:  q.Status,
-			Written: q.Written,
-			Offset:  off,
+			Method:    q.Method,
+			Repo:      q.Repo,
+			Digest:    q.Digest,
+			Status:    q.Status,
+			Written:   q.Written,
+			Offset:    off,
+			AuthError: q.AuthError,
 		})
 	}
 	return out
