@@ -112,7 +112,8 @@ func (r *runner) logf(format string, args ...any) {
 // Run runs the benchmark and writes results.md, results.json, chart.png
 // and machine.txt into cfg.OutDir. Everything it set up (namespace,
 // registry, mounts, loop devices) is removed before it returns, also when
-// ctx is cancelled (Ctrl-C).
+// ctx is cancelled (Ctrl-C). One run at a time on a machine: it first
+// waits for RunLock.
 func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if cfg.Runs <= 0 {
 		cfg.Runs = 5
@@ -184,6 +185,11 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	}
 	r.res.Machine = machineInfo(ctx, cfg.BinDir)
 
+	unlock, err := lockRun(ctx, RunLock, r.logf)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	// Leftovers of a killed run: mounts under the work directory.
 	if err := unmountUnder(cfg.WorkDir, false); err != nil {
 		return nil, fmt.Errorf("clean %s: %w", cfg.WorkDir, err)
