@@ -276,7 +276,7 @@ func (r *runner) setup(ctx context.Context, ws []Workload) error {
 			return fmt.Errorf("image %q: not defined", n)
 		}
 		r.logf("image %s: building or finding it in the cache", n)
-		b, err := buildImage(ctx, r.logf, im)
+		b, err := buildImage(ctx, r.logf, im, r.cfg.WorkDir)
 		if err != nil {
 			return err
 		}
@@ -308,7 +308,7 @@ func (r *runner) setup(ctx context.Context, ws []Workload) error {
 		}
 		os.RemoveAll(idxRoot)
 		r.res.Images = append(r.res.Images, ImageInfo{Name: n, Ref: b.Ref, Digest: b.Digest, Packages: b.Packages,
-			Layers: layerInfos(b), Files: b.Files, Content: b.Content})
+			Env: b.Env, AddedFiles: slices.Sorted(maps.Keys(b.Image.Files)), Layers: layerInfos(b), Files: b.Files, Content: b.Content})
 	}
 	probeBlob := make([]byte, 50<<20)
 	testutil.PatternAt(7, 0, probeBlob)

@@ -42,6 +42,8 @@ type Settings struct {
 type ImageInfo struct {
 	Name, Ref, Digest string
 	Packages          []string
+	Env               []string `json:",omitempty"` // after PATH
+	AddedFiles        []string `json:",omitempty"` // Image.Files: their own layer, the last
 	Layers            []LayerInfo
 	Files             int   // regular files in the unpacked root
 	Content           int64 // their bytes
