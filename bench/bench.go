@@ -67,10 +67,14 @@ const (
 	ModeProfile = "profile"
 	ModeWarm    = "warm"   // lazyrun run again in the pull's root: cache full
 	ModeNative  = "native" // the command in a chroot on the unpacked root (overlayfs), no FUSE
+	// ModeMount is mount to ready: lazyfs mount of the workload's image on
+	// an empty cache, until its mount point is mounted (manifest, config,
+	// every layer's index, FUSE up); no command runs.
+	ModeMount = "mount"
 )
 
 // Modes lists every mode.
-var Modes = []string{ModePull, ModePodman, ModeCold, ModeProfile, ModeWarm, ModeNative}
+var Modes = []string{ModePull, ModePodman, ModeCold, ModeProfile, ModeWarm, ModeNative, ModeMount}
 
 var modeTitles = map[string]string{
 	ModePull:    "full pull + run (lazyrun pull)",
@@ -79,6 +83,7 @@ var modeTitles = map[string]string{
 	ModeProfile: "lazy, cold cache, prefetch profile",
 	ModeWarm:    "lazy, warm cache (after the pull)",
 	ModeNative:  "native (unpacked root, no FUSE)",
+	ModeMount:   "lazyfs mount, cold cache: until mounted",
 }
 
 // runner holds a run's parts.
@@ -490,6 +495,9 @@ func (r *runner) round(ctx context.Context, wr *WorkloadResult, i int) {
 	}
 	if mode(ModeProfile) != nil {
 		add(ModeProfile, r.measureCold(ctx, wr.Workload, true))
+	}
+	if mode(ModeMount) != nil {
+		add(ModeMount, r.measureMount(ctx, wr.Workload))
 	}
 	if mr := mode(ModePodman); mr != nil {
 		if r.podmanErr != nil {
