@@ -18,6 +18,9 @@ import (
 // /proc/self/mountinfo (about 25 µs a look on this kind of machine).
 const mountPoll = 2 * time.Millisecond
 
+// umountTries is how often measureMount tries lazyfs umount, 100 ms apart.
+const umountTries = 5
+
 // measureMount times mount to ready: `lazyfs mount` of w's image with a
 // fresh root (empty cache), from the process's start until its mount point
 // shows in /proc/self/mountinfo (looked at every mountPoll; the file never
@@ -112,9 +115,20 @@ func (r *runner) timeMount(ctx context.Context, logPath string, mark func(string
 	fmt.Fprintf(logw, "# mounted after %v\n", ready)
 
 	mark("lazyfs umount")
-	um := exec.CommandContext(ctx, lazyfs, "umount", mnt)
-	um.Stdout, um.Stderr = logw, logw
-	uerr := um.Run()
+	var uerr error
+	for try := range umountTries {
+		um := exec.CommandContext(ctx, lazyfs, "umount", mnt)
+		um.Stdout, um.Stderr = logw, logw
+		if uerr = um.Run(); uerr == nil || try == umountTries-1 {
+			break
+		}
+		// EBUSY happens: something (another program walking the file
+		// systems) may hold the new mount for a moment.
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 	if uerr != nil {
 		_ = cmd.Cancel() // still mounted, perhaps: lazyfs would not exit
 	}
