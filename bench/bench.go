@@ -67,10 +67,14 @@ const (
 	ModeProfile = "profile"
 	ModeWarm    = "warm"   // lazyrun run again in the pull's root: cache full
 	ModeNative  = "native" // the command in a chroot on the unpacked root (overlayfs), no FUSE
+	// ModeMount is mount to ready: lazyfs mount of the workload's image on
+	// an empty cache, until its mount point is mounted (manifest, config,
+	// every layer's index, FUSE up); no command runs.
+	ModeMount = "mount"
 )
 
 // Modes lists every mode.
-var Modes = []string{ModePull, ModePodman, ModeCold, ModeProfile, ModeWarm, ModeNative}
+var Modes = []string{ModePull, ModePodman, ModeCold, ModeProfile, ModeWarm, ModeNative, ModeMount}
 
 var modeTitles = map[string]string{
 	ModePull:    "full pull + run (lazyrun pull)",
@@ -79,6 +83,7 @@ var modeTitles = map[string]string{
 	ModeProfile: "lazy, cold cache, prefetch profile",
 	ModeWarm:    "lazy, warm cache (after the pull)",
 	ModeNative:  "native (unpacked root, no FUSE)",
+	ModeMount:   "lazyfs mount, cold cache: until mounted",
 }
 
 // runner holds a run's parts.
@@ -100,6 +105,8 @@ type runner struct {
 
 	recorded map[string]bool // workloads whose prefetch profile was recorded
 
+	labels map[string]string // names of the pushed images' digests, for request timelines
+
 	fsData *fsData // the file-system section's data, when it runs
 }
 
@@ -112,7 +119,8 @@ func (r *runner) logf(format string, args ...any) {
 // Run runs the benchmark and writes results.md, results.json, chart.png
 // and machine.txt into cfg.OutDir. Everything it set up (namespace,
 // registry, mounts, loop devices) is removed before it returns, also when
-// ctx is cancelled (Ctrl-C).
+// ctx is cancelled (Ctrl-C). One run at a time on a machine: it first
+// waits for RunLock.
 func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if cfg.Runs <= 0 {
 		cfg.Runs = 5
@@ -184,6 +192,11 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	}
 	r.res.Machine = machineInfo(ctx, cfg.BinDir)
 
+	unlock, err := lockRun(ctx, RunLock, r.logf)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	// Leftovers of a killed run: mounts under the work directory.
 	if err := unmountUnder(cfg.WorkDir, false); err != nil {
 		return nil, fmt.Errorf("clean %s: %w", cfg.WorkDir, err)
@@ -270,7 +283,7 @@ func (r *runner) setup(ctx context.Context, ws []Workload) error {
 			return fmt.Errorf("image %q: not defined", n)
 		}
 		r.logf("image %s: building or finding it in the cache", n)
-		b, err := buildImage(ctx, r.logf, im)
+		b, err := buildImage(ctx, r.logf, im, r.cfg.WorkDir)
 		if err != nil {
 			return err
 		}
@@ -302,7 +315,13 @@ func (r *runner) setup(ctx context.Context, ws []Workload) error {
 		}
 		os.RemoveAll(idxRoot)
 		r.res.Images = append(r.res.Images, ImageInfo{Name: n, Ref: b.Ref, Digest: b.Digest, Packages: b.Packages,
-			Layers: layerInfos(b), Files: b.Files, Content: b.Content})
+			Env: b.Env, AddedFiles: slices.Sorted(maps.Keys(b.Image.Files)), Layers: layerInfos(b), Files: b.Files, Content: b.Content})
+	}
+	r.labels = digestLabels(r.images)
+	for _, n := range slices.Sorted(maps.Keys(r.images)) {
+		if err := addArtifactLabels(ctx, r.reg.Addr, r.images[n], r.labels); err != nil {
+			r.logf("request timelines will not name %s's index blobs: %v", n, err)
+		}
 	}
 	probeBlob := make([]byte, 50<<20)
 	testutil.PatternAt(7, 0, probeBlob)
@@ -477,6 +496,9 @@ func (r *runner) round(ctx context.Context, wr *WorkloadResult, i int) {
 	if mode(ModeProfile) != nil {
 		add(ModeProfile, r.measureCold(ctx, wr.Workload, true))
 	}
+	if mode(ModeMount) != nil {
+		add(ModeMount, r.measureMount(ctx, wr.Workload))
+	}
 	if mr := mode(ModePodman); mr != nil {
 		if r.podmanErr != nil {
 			mr.Skipped = r.podmanErr.Error()
@@ -518,17 +540,38 @@ func (r *runner) runArgs(w Workload, flags ...string) []string {
 }
 
 // measured runs fn between two readings of the registry's log and the
-// proxy's counters and fills s.Traffic and s.Proxy.
-func (r *runner) measured(s *Sample, fn func() error) {
-	mark, p0 := r.reg.Mark(), r.proxy.Stats()
-	err := fn()
-	tr, terr := r.reg.Since(mark)
+// proxy's counters and fills s.Traffic and s.Proxy. Unless timeline is "",
+// it writes the measurement's request timeline there (writeTimeline), with
+// the moments fn marked by calling mark (safe for concurrent use) and its
+// end.
+func (r *runner) measured(s *Sample, timeline string, fn func(mark func(what string)) error) {
+	logMark, p0 := r.reg.Mark(), r.proxy.Stats()
+	var (
+		mu    sync.Mutex // guards marks
+		marks []timelineMark
+	)
+	start := time.Now()
+	err := fn(func(what string) {
+		at := time.Since(start)
+		mu.Lock()
+		marks = append(marks, timelineMark{What: what, At: at})
+		mu.Unlock()
+	})
+	end := time.Since(start)
+	tr, terr := r.reg.Since(logMark)
 	s.Traffic, s.Proxy = tr, r.proxy.Stats().Sub(p0)
 	if err == nil {
 		err = terr
 	}
 	if err != nil {
 		s.Err = err.Error()
+	}
+	if timeline != "" {
+		mu.Lock()
+		defer mu.Unlock()
+		if err := writeTimeline(timeline, start, end, tr.Log, marks, r.labels, r.cfg.RTT); err != nil {
+			r.logf("%v", err)
+		}
 	}
 }
 
@@ -541,13 +584,16 @@ func (r *runner) measurePull(ctx context.Context, w Workload) (pull, warm Sample
 	}
 	defer r.closeScratch(s)
 	root := filepath.Join(s.Dir, "lazyfs")
-	r.measured(&pull, func() error {
-		dp, _, err := r.command(ctx, r.logPath(w.Name+"-pull"), nil, r.lazyrun(root, "pull", r.ref(w.Image))...)
+	pullLog := r.logPath(w.Name + "-pull")
+	r.measured(&pull, requestsLog(pullLog), func(mark func(string)) error {
+		dp, _, err := r.command(ctx, pullLog, nil, r.lazyrun(root, "pull", r.ref(w.Image))...)
+		mark("lazyrun pull exited")
 		pull.Wall = dp
 		if err != nil {
 			return fmt.Errorf("lazyrun pull: %w", err)
 		}
 		dr, out, err := r.command(ctx, r.logPath(w.Name+"-pull-run"), nil, r.lazyrun(root, r.runArgs(w)...)...)
+		mark("lazyrun run exited")
 		pull.Wall += dr
 		pull.Phases = map[string]time.Duration{"pull": dp, "run": dr}
 		return checkRun(w, out, err)
@@ -556,8 +602,10 @@ func (r *runner) measurePull(ctx context.Context, w Workload) (pull, warm Sample
 		warm.Err = "no pull: " + pull.Err
 		return pull, warm
 	}
-	r.measured(&warm, func() error {
-		d, out, err := r.command(ctx, r.logPath(w.Name+"-warm"), nil, r.lazyrun(root, r.runArgs(w)...)...)
+	warmLog := r.logPath(w.Name + "-warm")
+	r.measured(&warm, requestsLog(warmLog), func(mark func(string)) error {
+		d, out, err := r.command(ctx, warmLog, nil, r.lazyrun(root, r.runArgs(w)...)...)
+		mark("lazyrun run exited")
 		warm.Wall = d
 		return checkRun(w, out, err)
 	})
@@ -581,8 +629,10 @@ func (r *runner) measureCold(ctx context.Context, w Workload, profile bool) (s S
 	}
 	defer r.closeScratch(sc)
 	root := filepath.Join(sc.Dir, "lazyfs")
-	r.measured(&s, func() error {
-		d, out, err := r.command(ctx, r.logPath(w.Name+"-"+name), nil, r.lazyrun(root, r.runArgs(w, flags...)...)...)
+	log := r.logPath(w.Name + "-" + name)
+	r.measured(&s, requestsLog(log), func(mark func(string)) error {
+		d, out, err := r.command(ctx, log, nil, r.lazyrun(root, r.runArgs(w, flags...)...)...)
+		mark("lazyrun run exited")
 		s.Wall = d
 		return checkRun(w, out, err)
 	})
@@ -609,6 +659,9 @@ func (r *runner) recordProfile(ctx context.Context, w Workload) error {
 		r.recorded = map[string]bool{}
 	}
 	r.recorded[w.Name] = true
+	if err := addArtifactLabels(ctx, r.reg.Addr, r.images[w.Image], r.labels); err != nil {
+		r.logf("request timelines will not name %s's profile: %v", w.Image, err)
+	}
 	return nil
 }
 
@@ -622,7 +675,7 @@ func (r *runner) measureScale(ctx context.Context, n int) (s Sample) {
 	}
 	defer r.closeScratch(sc)
 	root := filepath.Join(sc.Dir, "lazyfs")
-	r.measured(&s, func() error {
+	r.measured(&s, r.logPath(fmt.Sprintf("scale%d-%s-requests", n, w.Name)), func(mark func(string)) error {
 		walls := make([]time.Duration, n)
 		errs := make([]error, n)
 		var wg sync.WaitGroup
@@ -631,6 +684,7 @@ func (r *runner) measureScale(ctx context.Context, n int) (s Sample) {
 			log := r.logPath(fmt.Sprintf("scale%d-%s-%d", n, w.Name, k))
 			wg.Go(func() {
 				d, out, err := r.command(ctx, log, nil, r.lazyrun(root, r.runArgs(w)...)...)
+				mark(fmt.Sprintf("container %d exited", k))
 				walls[k], errs[k] = d, checkRun(w, out, err)
 			})
 		}
@@ -655,23 +709,27 @@ func (r *runner) measureSharing(ctx context.Context, sh *SharingResult) (s Sampl
 	}
 	defer r.closeScratch(sc)
 	root := filepath.Join(sc.Dir, "lazyfs")
+	logs := map[string]string{}
+	for _, w := range []Workload{a, b} {
+		logs[w.Name] = r.logPath("sharing-" + sh.Mode + "-" + w.Name)
+	}
 	start := func(w Workload) (time.Duration, error) {
 		if sh.Mode == ModePull {
-			d, _, err := r.command(ctx, r.logPath("sharing-pull-"+w.Name), nil, r.lazyrun(root, "pull", r.ref(w.Image))...)
+			d, _, err := r.command(ctx, logs[w.Name], nil, r.lazyrun(root, "pull", r.ref(w.Image))...)
 			return d, err
 		}
-		d, out, err := r.command(ctx, r.logPath("sharing-cold-"+w.Name), nil, r.lazyrun(root, r.runArgs(w)...)...)
+		d, out, err := r.command(ctx, logs[w.Name], nil, r.lazyrun(root, r.runArgs(w)...)...)
 		return d, checkRun(w, out, err)
 	}
 	var first Sample
-	r.measured(&first, func() error {
+	r.measured(&first, requestsLog(logs[a.Name]), func(func(string)) error {
 		_, err := start(a)
 		return err
 	})
 	if first.Err != "" {
 		return Sample{Err: fmt.Sprintf("%s first: %s", a.Name, first.Err)}
 	}
-	r.measured(&s, func() error {
+	r.measured(&s, requestsLog(logs[b.Name]), func(func(string)) error {
 		d, err := start(b)
 		s.Wall = d
 		return err

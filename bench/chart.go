@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"image/color"
+	"slices"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -17,6 +18,7 @@ var chartColors = map[string]color.Color{
 	ModeProfile: color.RGBA{R: 0x94, G: 0x67, B: 0xbd, A: 0xff},
 	ModeWarm:    color.RGBA{R: 0x2c, G: 0xa0, B: 0x2c, A: 0xff},
 	ModeNative:  color.RGBA{R: 0xff, G: 0x7f, B: 0x0e, A: 0xff},
+	ModeMount:   color.RGBA{R: 0x17, G: 0xbe, B: 0xcf, A: 0xff},
 }
 
 // chart draws the median wall time per workload and mode as grouped bars,
@@ -26,7 +28,11 @@ func (res *Results) chart(path string) error {
 		return nil
 	}
 	p := plot.New()
-	p.Title.Text = fmt.Sprintf("Time to the command's exit (median of %d; link %s, RTT %v)", res.Settings.Runs, rateString(res.Settings.Rate), res.Settings.RTT)
+	title := "Time to the command's exit"
+	if slices.Contains(res.Settings.Modes, ModeMount) {
+		title += " (mount: until mounted)"
+	}
+	p.Title.Text = fmt.Sprintf("%s (median of %d; link %s, RTT %v)", title, res.Settings.Runs, rateString(res.Settings.Rate), res.Settings.RTT)
 	p.Y.Label.Text = "seconds"
 	p.Y.Min = 0
 	p.Legend.Top = true

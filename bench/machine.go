@@ -97,9 +97,12 @@ func (res *Results) machineText() string {
 	if s.FS {
 		b.WriteString("file system  section run: lazyfs root, native upper and test cache on the work directory's file system (no loop devices)\n")
 	}
-	b.WriteString("\nimages (Debian bookworm minbase + packages; layer 0 is the same blob in all):\n")
+	b.WriteString("\nimages (Debian bookworm minbase + packages [+ added files]; layer 0 is the same blob in all):\n")
 	for _, im := range res.Images {
 		fmt.Fprintf(&b, "  %-8s %s %s packages=%v files=%d content=%s\n", im.Name, im.Ref, im.Digest, im.Packages, im.Files, mb(im.Content))
+		if len(im.Env) > 0 || len(im.AddedFiles) > 0 {
+			fmt.Fprintf(&b, "           env %v; added in a layer of their own: %v\n", im.Env, im.AddedFiles)
+		}
 		for _, l := range im.Layers {
 			fmt.Fprintf(&b, "           layer %s %s\n", l.Digest, mb(l.Size))
 		}

@@ -3,6 +3,7 @@ package bench
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"os"
 	"path"
 	"path/filepath"
@@ -17,7 +18,9 @@ import (
 // in new mount, PID and network namespaces (loopback up), it mounts
 // overlayfs (the cached root as the lower directory, a fresh upper, as a
 // container's copy-on-write), /proc and the host's /dev, and then chroots.
-// $1..$4 are lower, upper, work and the mount point.
+// $1..$4 are lower (one or more directories, uppermost first, joined by
+// ":"), upper, work and the mount point; the rest is the command, after the
+// image's environment (NAME=VALUE words, which env takes as settings).
 const nativeScript = `set -e
 mount -t overlay overlay -o "lowerdir=$1,upperdir=$2,workdir=$3" "$4"
 mount -t proc proc "$4/proc"
@@ -31,7 +34,8 @@ exec chroot "$m" /usr/bin/env -i ` + imagePath + ` HOME=/root "$@"`
 // nativeArgv returns the argv of a native run of w with its files under
 // dir; prefix (strace and its options) goes before everything, outside the
 // namespaces: the command must stay PID 1 of its PID namespace, so that
-// daemons it started (nginx) end with it.
+// daemons it started (nginx) end with it. The command gets the image's
+// environment (Image.Env) as a container would.
 func (r *runner) nativeArgv(w Workload, dir string, prefix ...string) ([]string, error) {
 	b := r.images[w.Image]
 	var ps []string
@@ -43,7 +47,13 @@ func (r *runner) nativeArgv(w Workload, dir string, prefix ...string) ([]string,
 		ps = append(ps, p)
 	}
 	argv := append(prefix, "unshare", "--mount", "--pid", "--net", "--fork", "--propagation", "private",
-		"sh", "-c", nativeScript, "sh", b.Root, ps[0], ps[1], ps[2])
+		"sh", "-c", nativeScript, "sh", b.lowerDirs(), ps[0], ps[1], ps[2])
+	for _, e := range b.Env {
+		if !strings.Contains(e, "=") || strings.HasPrefix(e, "=") {
+			return nil, fmt.Errorf("image %s: environment entry %q is not NAME=VALUE", b.Name, e)
+		}
+	}
+	argv = append(argv, b.Env...)
 	return append(argv, w.Cmd...), nil
 }
 
@@ -107,7 +117,7 @@ func (r *runner) openedFiles(ctx context.Context, w Workload) (o Opened) {
 		return o
 	}
 	defer f.Close()
-	files, err := parseOpened(bufio.NewScanner(f), r.images[w.Image].Root)
+	files, err := parseOpened(bufio.NewScanner(f), r.images[w.Image].roots()...)
 	if err != nil {
 		o.Err = err.Error()
 		return o
@@ -123,13 +133,15 @@ func (r *runner) openedFiles(ctx context.Context, w Workload) (o Opened) {
 // directory) or execve in strace -f output; group 2 is the path.
 var straceOpenRe = regexp.MustCompile(`^\d+\s+(open|openat|execve)\((?:AT_FDCWD, )?"((?:[^"\\]|\\.)*)"`)
 
-// parseOpened returns the regular files of root, by their resolved path
-// inside it, that the trace opened after the first chroot (before it,
-// unshare, sh, mount and ip open host files), with their sizes.
+// parseOpened returns the regular files of the image, by their resolved
+// path inside the uppermost of roots that has them (roots are the native
+// run's lower directories, uppermost first; whiteouts are not looked at),
+// that the trace opened after the first chroot (before it, unshare, sh,
+// mount and ip open host files), with their sizes.
 // Paths relative to the working directory are taken from "/" (the native
 // run's cwd); opens relative to another directory's descriptor are not
 // counted.
-func parseOpened(sc *bufio.Scanner, root string) (map[string]int64, error) {
+func parseOpened(sc *bufio.Scanner, roots ...string) (map[string]int64, error) {
 	files := map[string]int64{}
 	inRoot := false
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
@@ -151,15 +163,20 @@ func parseOpened(sc *bufio.Scanner, root string) (map[string]int64, error) {
 		if strings.HasPrefix(p, "/proc/") || strings.HasPrefix(p, "/dev/") || strings.HasPrefix(p, "/sys/") {
 			continue
 		}
-		full, err := securejoin.SecureJoin(root, p)
-		if err != nil {
-			continue
+		for _, root := range roots {
+			full, err := securejoin.SecureJoin(root, p)
+			if err != nil {
+				continue
+			}
+			fi, err := os.Lstat(full)
+			if err != nil {
+				continue // not in this root (or made by the command, in the upper)
+			}
+			if fi.Mode().IsRegular() {
+				files[full] = fi.Size()
+			}
+			break // the uppermost root that has it decides
 		}
-		fi, err := os.Lstat(full)
-		if err != nil || !fi.Mode().IsRegular() {
-			continue // made by the command (in the upper), or not a file
-		}
-		files[full] = fi.Size()
 	}
 	return files, sc.Err()
 }

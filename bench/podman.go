@@ -116,15 +116,18 @@ func (r *runner) measurePodman(ctx context.Context, w Workload) (s Sample) {
 	}
 	defer r.closeScratch(sc)
 	ref := r.ref(w.Image)
-	r.measured(&s, func() error {
-		dp, _, err := r.command(ctx, r.logPath(w.Name+"-podman-pull"), r.podmanEnv,
+	pullLog := r.logPath(w.Name + "-podman-pull")
+	r.measured(&s, requestsLog(pullLog), func(mark func(string)) error {
+		dp, _, err := r.command(ctx, pullLog, r.podmanEnv,
 			r.podman(sc.Dir, "pull", "-q", "--tls-verify=false", "--signature-policy", r.podmanPolicy, ref)...)
+		mark("podman pull exited")
 		s.Wall = dp
 		if err != nil {
 			return fmt.Errorf("podman pull: %w", err)
 		}
 		dr, out, err := r.command(ctx, r.logPath(w.Name+"-podman-run"), r.podmanEnv,
 			append(r.podman(sc.Dir, "run", "--rm", "--network", "none", "--pull", "never", ref), w.Cmd...)...)
+		mark("podman run exited")
 		s.Wall += dr
 		s.Phases = map[string]time.Duration{"pull": dp, "run": dr}
 		return checkRun(w, out, err)

@@ -138,6 +138,9 @@ type Traffic struct {
 	// Ranges holds the byte ranges served per blob digest, in order, each
 	// without its last byte (see parseRegistryLog).
 	Ranges map[string][][2]int64 `json:"-"`
+	// Log holds the requests as the registry logged them, in the order
+	// they completed (the request timelines are made of them).
+	Log []registrylog.Request `json:"-"`
 }
 
 // Refetched returns how many bytes of blob d that t served had been served
@@ -167,6 +170,7 @@ func (t *Traffic) Add(o Traffic) {
 	for k, v := range o.Ranges {
 		t.Ranges[k] = append(t.Ranges[k], v...)
 	}
+	t.Log = append(t.Log, o.Log...)
 }
 
 // Since returns the traffic logged after m. The registry writes a request's
@@ -208,6 +212,7 @@ func settle(path string, quiet, max time.Duration) {
 func parseRegistryLog(rd io.Reader) (Traffic, error) {
 	t := Traffic{Blobs: map[string]int64{}, Ranges: map[string][][2]int64{}}
 	reqs, err := registrylog.Parse(rd)
+	t.Log = reqs
 	for _, q := range reqs {
 		t.Requests++
 		t.Bytes += q.Written

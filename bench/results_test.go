@@ -43,6 +43,9 @@ func TestResultsWrite(t *testing.T) {
 				}},
 				{Mode: ModeWarm, Title: modeTitles[ModeWarm], Samples: []Sample{{Err: "no pull"}}},
 				{Mode: ModeNative, Title: modeTitles[ModeNative], Samples: []Sample{{Wall: 30 * time.Millisecond}}},
+				{Mode: ModeMount, Title: modeTitles[ModeMount], Samples: []Sample{
+					{Wall: sec(0.38), Traffic: Traffic{Requests: 7, Bytes: 118e3}}, {Wall: sec(0.42), Traffic: Traffic{Requests: 7, Bytes: 118e3}},
+				}},
 			},
 		}},
 		Scale:   []*ScaleResult{{Workload: "python3", Containers: 4, Samples: []Sample{{Wall: sec(4), Traffic: Traffic{Dup: 3e6, Bytes: 50e6}}}}},
@@ -83,6 +86,7 @@ func TestResultsWrite(t *testing.T) {
 		"| lazy, cold cache | 2.45 s (2.40 s–2.50 s) | 0.33 | 20.0 MB | 3 | layers 20.0 MB, the rest 100 B; 1 of 3 runs failed: lazyrun: exit status 125 |",
 		"| lazy, warm cache (after the pull) | failed | | | | no pull |",
 		"| native (unpacked root, no FUSE) | 30 ms (30 ms–30 ms) | 0.004 | – | – |  |",
+		"| lazyfs mount, cold cache: until mounted | 400 ms (380 ms–420 ms) |  | 118 kB | 7 | 1 layer: manifest, config, indexes, FUSE up (bar: < 0.5 s for two layers at 20 ms RTT); layers 0 B, the rest 118 kB |",
 		"The command opened 25 of its files, 10.0 MB (6.1%).",
 		"| 4 × python3 | 4.00 s (4.00 s–4.00 s) |",
 		"| 3.0 MB |",

@@ -1,6 +1,7 @@
 // Package registrylog reads the JSON log of Debian's docker-registry
 // (distribution 2.8) at debug level: which requests it answered (or its
-// auth refused), and for a ranged blob read, where in the blob the body
+// auth refused), when and for how long, and for a ranged blob read, where
+// in the blob the body
 // started. The integration
 // tests (internal/testutil) and the benchmark (bench) both count the
 // registry's traffic with it.
@@ -15,6 +16,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -40,6 +42,23 @@ type Request struct {
 	// expired one, "authorization token required", "insufficient scope");
 	// such a request has no "response completed" line, and Status is 401.
 	AuthError string
+	// Time is when the registry logged the request as completed: the
+	// line's "time" (RFC 3339 with nanoseconds, in the registry's clock);
+	// zero when the line has none or it does not parse.
+	Time time.Time
+	// Duration is http.response.duration: from the registry's start of
+	// handling the request to its completion, body written; zero when the
+	// line has none or it does not parse (or is negative).
+	Duration time.Duration
+}
+
+// Start returns when the registry started handling the request (Time
+// less Duration), or the zero time when Time is unknown.
+func (r Request) Start() time.Time {
+	if r.Time.IsZero() {
+		return time.Time{}
+	}
+	return r.Time.Add(-r.Duration)
 }
 
 var (
@@ -68,6 +87,8 @@ func Parse(rd io.Reader) ([]Request, error) {
 			URI     string `json:"http.request.uri"`
 			Status  int    `json:"http.response.status"`
 			Written int64  `json:"http.response.written"`
+			Time    string `json:"time"`
+			Dur     string `json:"http.response.duration"`
 		}
 		if json.Unmarshal(line, &e) != nil {
 			continue
@@ -89,6 +110,7 @@ func Parse(rd io.Reader) ([]Request, error) {
 			// logs no completion for it.
 			r.Status, r.Written, r.AuthError = http.StatusUnauthorized, 0, reason
 		}
+		r.Time, r.Duration = parseTime(e.Time), parseDuration(e.Dur)
 		if off, ok := offsets[e.ID]; ok {
 			r.Offset = off
 			delete(offsets, e.ID)
@@ -102,4 +124,25 @@ func Parse(rd io.Reader) ([]Request, error) {
 		return out, err
 	}
 	return out, nil
+}
+
+// parseTime parses a log line's "time" (logrus writes it in RFC 3339 with
+// nanoseconds; RFC 3339 without a fraction parses too); zero if it does
+// not parse.
+func parseTime(s string) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
+// parseDuration parses http.response.duration, a Go duration string such
+// as "3.282794ms"; zero if it does not parse or is negative.
+func parseDuration(s string) time.Duration {
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0
+	}
+	return d
 }

@@ -2,8 +2,8 @@
 // shaped link: it builds Debian images (from Debian's packages), pushes
 // them with their lazyfs indexes to a docker-registry in a network
 // namespace behind tc tbf and a delaying proxy, and times lazyrun (full
-// pull + run, cold, warm), podman (pull + run) and a native run for each
-// start-up command; then file-system speed on a warm cache (--cow=overlay
+// pull + run, cold, with a prefetch profile, warm), podman (pull + run), a
+// native run and lazyfs mount to ready for each start-up command; then file-system speed on a warm cache (--cow=overlay
 // and --cow=fuse against native). See bench/README.md. Run it as root;
 // scripts/bench.sh installs what it needs first.
 package main
