@@ -135,6 +135,11 @@ func New(cfg Config) *Client {
 	rt := cfg.Transport
 	if rt == nil {
 		t := http.DefaultTransport.(*http.Transport).Clone()
+		// A mount reads with several requests at once (readers, read-ahead,
+		// fetch at open, prefetch); with the default two idle connections
+		// per host the others were closed after each request and the next
+		// one paid a new connection's round trip.
+		t.MaxIdleConnsPerHost = maxIdleConnsPerHost
 		if cfg.Insecure {
 			if t.TLSClientConfig == nil {
 				t.TLSClientConfig = &tls.Config{}
@@ -273,6 +278,10 @@ func (c *Client) Prepare(ctx context.Context, repo string) error {
 	_, err := c.conn(ctx, repo, false)
 	return err
 }
+
+// maxIdleConnsPerHost is how many connections to one registry are kept
+// open between requests.
+const maxIdleConnsPerHost = 16
 
 func (c *Client) conn(ctx context.Context, repo string, push bool) (*conn, error) {
 	key := connKey{repo, push}

@@ -40,7 +40,7 @@ func (s *Source) OpenedFile(x *index.Index, off, n int64) {
 	s.mu.Lock()
 	if s.prefetching[x.Layer] == 0 {
 		for k := first + 1; k < end; k++ {
-			if _, ok := s.inflight[x.Frames[k].Digest]; !ok {
+			if _, ok := s.inflight[x.Frames[k].Digest]; !ok && s.loading[x.Frames[k].Digest] == 0 {
 				missing = append(missing, k)
 			}
 		}

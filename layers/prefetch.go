@@ -242,7 +242,7 @@ type claim struct {
 }
 
 // claim marks the frames of run (ascending) of x that no other fetch has
-// in flight as the caller's, and returns them as runs of adjacent frames.
+// in flight (a prefetch's claim, or a reader's load) as the caller's, and returns them as runs of adjacent frames.
 // The caller must call done of each.
 func (s *Source) claim(x *index.Index, run []int) []claim {
 	var out []claim
@@ -271,7 +271,8 @@ func (s *Source) claim(x *index.Index, run []int) []claim {
 		cur = nil
 	}
 	for _, k := range run {
-		if _, busy := s.inflight[x.Frames[k].Digest]; busy {
+		d := x.Frames[k].Digest
+		if _, busy := s.inflight[d]; busy || s.loading[d] > 0 {
 			flush()
 			continue
 		}

@@ -146,6 +146,12 @@ func TestPrefetchReaderWaitsForInflight(t *testing.T) {
 	for _, c := range around {
 		c.done()
 	}
+	// A frame a reader is loading is not claimed either.
+	src.setLoading(gz.Frames[5].Digest, +1)
+	if cs := src.claim(gz, []int{5}); len(cs) != 0 {
+		t.Errorf("claim of a frame being loaded = %d claims, want none", len(cs))
+	}
+	src.setLoading(gz.Frames[5].Digest, -1)
 	done := claims[0].done
 	got := make(chan error, 1)
 	go func() {

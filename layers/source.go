@@ -34,6 +34,7 @@ type Source struct {
 	last        map[digest.Digest]int           // the frame of each layer asked for last
 	ahead       map[digest.Digest]int           // the highest frame of each layer fetched ahead
 	inflight    map[digest.Digest]chan struct{} // frames a prefetch request is fetching
+	loading     map[digest.Digest]int           // frames a reader or read-ahead is loading: claim leaves them out
 	prefetching map[digest.Digest]int           // prefetch jobs of each layer not finished
 	origins     map[digest.Digest]windowOrigin  // where the windows of each toc-only index are, by toc digest
 	winGroups   map[winGroupKey]*winGroup       // windows fetched for frames near the one asked for, not yet taken
@@ -75,7 +76,7 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 	}
 	s := &Source{client: client, repo: repo, store: store, log: log,
 		whole: map[digest.Digest]*whole{}, last: map[digest.Digest]int{}, ahead: map[digest.Digest]int{},
-		inflight: map[digest.Digest]chan struct{}{}, prefetching: map[digest.Digest]int{},
+		inflight: map[digest.Digest]chan struct{}{}, loading: map[digest.Digest]int{}, prefetching: map[digest.Digest]int{},
 		origins: map[digest.Digest]windowOrigin{}, winGroups: map[winGroupKey]*winGroup{},
 		aheadSem: make(chan struct{}, readaheadLoads), openSem: make(chan struct{}, openAheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead,
 		metrics: noMetrics{}}
@@ -212,6 +213,8 @@ func (s *Source) frame(ctx context.Context, x *index.Index, i int) (_ []byte, fe
 		var data []byte
 		load := func(ctx context.Context) ([]byte, error) {
 			loaded.Store(true)
+			s.setLoading(f.Digest, +1)
+			defer s.setLoading(f.Digest, -1)
 			if s.meter != nil {
 				ctx = fetch.WithMeter(ctx, s.meter)
 			}
@@ -276,6 +279,15 @@ func (s *Source) readFrame(ctx context.Context, x *index.Index, i int) (comp, wi
 		return nil, nil, err
 	}
 	return comp, win, nil
+}
+
+// setLoading counts the loads of frame d running.
+func (s *Source) setLoading(d digest.Digest, delta int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.loading[d] += delta; s.loading[d] <= 0 {
+		delete(s.loading, d)
+	}
 }
 
 // cachedFrame returns frame i of x if the cache holds it (verified), else
