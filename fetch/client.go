@@ -149,6 +149,7 @@ func New(cfg Config) *Client {
 		rt = t
 		c.own = t
 	}
+	rt = &drainTransport{inner: rt}
 	rt = &countTransport{inner: rt, requests: &c.requests}
 	rt = &guardTransport{inner: rt, insecure: cfg.Insecure}
 	rt = &timeoutTransport{inner: rt, timeout: cfg.RequestTimeout}

@@ -1,6 +1,7 @@
 package fetch
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -60,6 +61,50 @@ func (t *countTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		m.Request()
 	}
 	return t.inner.RoundTrip(req)
+}
+
+// errorBodyMax is the largest error response body drainTransport reads
+// ahead.
+const errorBodyMax = 64 << 10
+
+// drainTransport reads the body of an error response (status 300 and up)
+// of at most errorBodyMax bytes at once and closes it, handing the caller
+// a copy: its connection goes back to the pool right away. A caller that
+// sends the next request before closing the error's body (the referrers
+// API's 404, then its fallback tag) would otherwise pay for a new
+// connection.
+type drainTransport struct {
+	inner http.RoundTripper
+}
+
+func (t *drainTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.inner.RoundTrip(req)
+	if err != nil || resp.StatusCode < 300 || resp.Body == nil || resp.ContentLength > errorBodyMax {
+		return resp, err
+	}
+	b, rerr := io.ReadAll(io.LimitReader(resp.Body, errorBodyMax+1))
+	if rerr != nil || len(b) > errorBodyMax {
+		// Hand over what was read and the rest, as it came.
+		resp.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(b), errReader{rerr}, resp.Body), resp.Body}
+		return resp, nil
+	}
+	resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	return resp, nil
+}
+
+// errReader returns err, or io.EOF when err is nil (then the reader after
+// it in a MultiReader goes on).
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) {
+	if r.err != nil {
+		return 0, r.err
+	}
+	return 0, io.EOF
 }
 
 type guardTransport struct {

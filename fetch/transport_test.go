@@ -399,3 +399,57 @@ func TestCheckRedirect(t *testing.T) {
 		}
 	}
 }
+
+// An error response's body is read ahead, so that a request sent before
+// the caller closes it reuses the connection; a large one is handed over
+// whole, as it came.
+func TestDrainTransportReusesConnections(t *testing.T) {
+	big := strings.Repeat("x", errorBodyMax+10)
+	var conns atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/missing":
+			http.Error(w, `{"errors":[{"code":"NOT_FOUND"}]}`, http.StatusNotFound)
+		case "/big":
+			http.Error(w, big, http.StatusInternalServerError)
+		default:
+			fmt.Fprint(w, "ok")
+		}
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	c := &http.Client{Transport: &drainTransport{inner: srv.Client().Transport}}
+	get := func(path string) *http.Response {
+		t.Helper()
+		resp, err := c.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	for range 3 {
+		miss := get("/missing") // not closed before the next request
+		ok := get("/ok")
+		io.Copy(io.Discard, ok.Body)
+		ok.Body.Close()
+		b, _ := io.ReadAll(miss.Body)
+		miss.Body.Close()
+		if miss.StatusCode != http.StatusNotFound || !strings.Contains(string(b), "NOT_FOUND") {
+			t.Fatalf("the 404 read back as %d %q", miss.StatusCode, b)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Errorf("%d connections for error responses followed by requests, want 1", n)
+	}
+	resp := get("/big")
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || strings.TrimSpace(string(b)) != big {
+		t.Errorf("a large error body read back as %d bytes, %v; want it whole", len(b), err)
+	}
+}

@@ -235,6 +235,17 @@ func (s *supervisor) run(report func(initStatus)) (code int, err error) {
 			}
 		}()
 	}
+	if n, err := ParseImageName(c.Image); err == nil && c.Rootfs == "" && r.cfg.Client != nil {
+		// The handshake with the registry, first thing, while the rest is
+		// set up: the first read then costs one round trip.
+		hctx, cancel := context.WithTimeout(ctx, profileTimeout)
+		defer cancel()
+		go func() {
+			if err := r.cfg.Client.Prepare(hctx, n.Repository); err != nil {
+				s.log.Debug("registry handshake failed", "repo", n.Repository, "err", err)
+			}
+		}()
+	}
 	// What a supervisor that died may have left.
 	if err := r.cleanUp(c); err != nil {
 		return 0, err
@@ -364,17 +375,6 @@ func (s *supervisor) mountImage(ctx context.Context, start time.Time) (img *fetc
 		lower = []string{c.lowerDir()}
 	} else if err := writeInitLayer(c.initDir()); err != nil {
 		return nil, nil, nil, fmt.Errorf("init layer: %w", err)
-	}
-	if r.cfg.Client != nil {
-		// The handshake with the registry, while the mount and the
-		// container are set up: the first read then costs one round trip.
-		hctx, cancel := context.WithTimeout(ctx, profileTimeout)
-		undo = append(undo, cancel)
-		go func() {
-			if err := r.cfg.Client.Prepare(hctx, img.Repo); err != nil {
-				s.log.Debug("registry handshake failed", "repo", img.Repo, "err", err)
-			}
-		}()
 	}
 	src := layers.NewSource(r.cfg.Client, img.Repo, r.cfg.Store, s.log)
 	src.SetReadTimeout(r.cfg.ReadTimeout)
