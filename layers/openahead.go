@@ -17,7 +17,7 @@ import (
 // reader that waits for a frame in flight waits for little more than it.
 const (
 	openAheadMaxFile = 64 << 20
-	openAheadRequest = 1 << 20
+	openAheadRequest = 512 << 10
 	openAheadGap     = 64 << 10
 	openAheadLoads   = 4
 )

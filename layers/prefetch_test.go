@@ -7,6 +7,7 @@ import (
 	"errors"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -225,4 +226,23 @@ func FuzzDecodeProfile(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A reader does not wait on for a prefetch request that does not end: after
+// inflightPatience it reads the frame itself.
+func TestReaderStopsWaitingForInflight(t *testing.T) {
+	e := newPullEnv(t)
+	gz := e.ls[0].Index
+	src := NewSource(e.client, e.img.Repo, e.store, nil)
+	defer src.Close()
+	claims := src.claim(gz, []int{4}) // never done
+	defer claims[0].done()
+	start := time.Now()
+	data, err := src.Frame(t.Context(), gz, 4)
+	if err != nil || digest.FromBytes(data) != gz.Frames[4].Digest {
+		t.Fatalf("Frame(4) held by a stuck request = %v", err)
+	}
+	if d := time.Since(start); d < inflightPatience || d > inflightPatience+5*time.Second {
+		t.Errorf("Frame(4) took %v, want a little over %v", d, inflightPatience)
+	}
 }
