@@ -265,11 +265,6 @@ type conn struct {
 	http *http.Client      // rt with our redirect policy
 }
 
-// conn returns the authenticated transport for repo, doing the handshake
-// (ping, credentials from the keychain, token) on first use. Concurrent
-// callers share one handshake; each stops waiting when its own ctx ends,
-// and if the one doing it was cancelled the next caller tries again.
-// Failed handshakes are not kept.
 // Prepare makes the handshake with repo's registry (the /v2/ ping, and a
 // token when it asks for one) that the first read of repo would make, and
 // keeps it, with its connection, for the reads to come. A process that
@@ -284,6 +279,11 @@ func (c *Client) Prepare(ctx context.Context, repo string) error {
 // open between requests.
 const maxIdleConnsPerHost = 16
 
+// conn returns the authenticated transport for repo, doing the handshake
+// (ping, credentials from the keychain, token) on first use. Concurrent
+// callers share one handshake; each stops waiting when its own ctx ends,
+// and if the one doing it was cancelled the next caller tries again.
+// Failed handshakes are not kept.
 func (c *Client) conn(ctx context.Context, repo string, push bool) (*conn, error) {
 	key := connKey{repo, push}
 	for {

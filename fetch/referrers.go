@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -36,30 +38,14 @@ func (c *Client) Referrers(ctx context.Context, img *Image, artifactType string)
 	if err := img.Digest.Validate(); err != nil {
 		return nil, fmt.Errorf("referrers of %s: %w", img.Digest, err)
 	}
-	idx, err := remote.Referrers(cn.repo.Digest(img.Digest.String()), remote.WithTransport(cn.rt), remote.WithContext(ctx))
+	im, err := c.referrersIndex(ctx, cn, img.Digest)
 	if err != nil {
-		return nil, fmt.Errorf("referrers of %s in %s: %w", img.Digest, img.Repo, convertErr(err))
-	}
-	im, err := idx.IndexManifest()
-	if err != nil {
-		return nil, fmt.Errorf("referrers of %s in %s: %w", img.Digest, img.Repo, convertErr(err))
+		return nil, fmt.Errorf("referrers of %s in %s: %w", img.Digest, img.Repo, err)
 	}
 	out := make([]ocispec.Descriptor, 0, len(im.Manifests))
-	for _, d := range im.Manifests {
-		od := ocispec.Descriptor{
-			MediaType:    string(d.MediaType),
-			Digest:       digest.Digest(d.Digest.String()),
-			Size:         d.Size,
-			URLs:         d.URLs,
-			Annotations:  d.Annotations,
-			Data:         d.Data,
-			ArtifactType: d.ArtifactType,
-		}
-		if d.Platform != nil {
-			od.Platform = &ocispec.Platform{
-				Architecture: d.Platform.Architecture, OS: d.Platform.OS, OSVersion: d.Platform.OSVersion,
-				OSFeatures: d.Platform.OSFeatures, Variant: d.Platform.Variant,
-			}
+	for _, od := range im.Manifests {
+		if od.Digest.Validate() != nil {
+			continue
 		}
 		if (od.ArtifactType == "" || od.ArtifactType == ocispec.MediaTypeEmptyJSON) && od.MediaType == ocispec.MediaTypeImageManifest {
 			// Some referrers APIs (go-containerregistry's own test
@@ -82,6 +68,92 @@ func (c *Client) Referrers(ctx context.Context, img *Image, artifactType string)
 		out = append(out, od)
 	}
 	return out, nil
+}
+
+// maxReferrersIndex bounds a referrers listing (the API's answer or the
+// fallback tag's index), as go-containerregistry bounds manifests.
+const maxReferrersIndex = 100 << 20
+
+// referrersIndex lists the referrers of d: the referrers API's answer if
+// the registry has one, else the index under the fallback tag (none:
+// empty). Both are asked at once, so that a registry without the API
+// costs one round trip, not two.
+func (c *Client) referrersIndex(ctx context.Context, cn *conn, d digest.Digest) (*ocispec.Index, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type answer struct {
+		idx *ocispec.Index
+		err error
+	}
+	tagc := make(chan answer, 1)
+	go func() {
+		idx, err := c.fallbackIndex(ctx, cn, d)
+		tagc <- answer{idx, err}
+	}()
+	idx, hasAPI, err := c.referrersAPI(ctx, cn, d)
+	if err != nil {
+		return nil, err
+	}
+	if hasAPI {
+		return idx, nil
+	}
+	a := <-tagc
+	return a.idx, a.err
+}
+
+// referrersAPI asks the registry's referrers API; hasAPI is false when the
+// registry answers as one without it (404, 400, 406, or not an index).
+func (c *Client) referrersAPI(ctx context.Context, cn *conn, d digest.Digest) (idx *ocispec.Index, hasAPI bool, err error) {
+	u := cn.repo.Registry.Scheme() + "://" + cn.repo.RegistryStr() + "/v2/" + cn.repo.RepositoryStr() + "/referrers/" + d.String()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, false, err
+	}
+	req.Header.Set("Accept", ocispec.MediaTypeImageIndex)
+	resp, err := cn.http.Do(req)
+	if err != nil {
+		return nil, false, convertErr(err)
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusNotFound, resp.StatusCode == http.StatusBadRequest, resp.StatusCode == http.StatusNotAcceptable:
+		return nil, false, nil
+	case resp.StatusCode != http.StatusOK:
+		return nil, false, convertErr(transport.CheckError(resp, http.StatusOK))
+	case resp.Header.Get("Content-Type") != ocispec.MediaTypeImageIndex:
+		return nil, false, nil
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxReferrersIndex+1))
+	if err != nil {
+		return nil, false, err
+	}
+	if len(b) > maxReferrersIndex {
+		return nil, false, fmt.Errorf("referrers API answer: %w: over %d bytes", ErrTooLarge, maxReferrersIndex)
+	}
+	idx = &ocispec.Index{}
+	if err := json.Unmarshal(b, idx); err != nil {
+		return nil, false, fmt.Errorf("referrers API answer: %w", err)
+	}
+	return idx, true, nil
+}
+
+// fallbackIndex reads the index under d's referrers fallback tag
+// (sha256-<hex>); no such tag is an empty index.
+func (c *Client) fallbackIndex(ctx context.Context, cn *conn, d digest.Digest) (*ocispec.Index, error) {
+	tag := cn.repo.Tag(d.Algorithm().String() + "-" + d.Encoded())
+	desc, err := remote.Get(tag, remote.WithTransport(cn.rt), remote.WithContext(ctx))
+	var terr *transport.Error
+	switch {
+	case errors.As(err, &terr) && terr.StatusCode == http.StatusNotFound:
+		return &ocispec.Index{}, nil
+	case err != nil:
+		return nil, convertErr(err)
+	}
+	idx := &ocispec.Index{}
+	if err := json.Unmarshal(desc.Manifest, idx); err != nil {
+		return nil, fmt.Errorf("referrers tag %s: %w", tag, err)
+	}
+	return idx, nil
 }
 
 // ArtifactBlob is one blob of an artifact pushed by PushArtifact.
