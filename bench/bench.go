@@ -67,6 +67,7 @@ const (
 	ModeProfile = "profile"
 	ModeWarm    = "warm"   // lazyrun run again in the pull's root: cache full
 	ModeNative  = "native" // the command in a chroot on the unpacked root (overlayfs), no FUSE
+	ModeRootfs  = "rootfs" // lazyrun run --rootfs on the unpacked root: the same runtime as lazy runs, no FUSE
 	// ModeMount is mount to ready: lazyfs mount of the workload's image on
 	// an empty cache, until its mount point is mounted (manifest, config,
 	// every layer's index, FUSE up); no command runs.
@@ -74,7 +75,7 @@ const (
 )
 
 // Modes lists every mode.
-var Modes = []string{ModePull, ModePodman, ModeCold, ModeProfile, ModeWarm, ModeNative, ModeMount}
+var Modes = []string{ModePull, ModePodman, ModeCold, ModeProfile, ModeWarm, ModeRootfs, ModeNative, ModeMount}
 
 var modeTitles = map[string]string{
 	ModePull:    "full pull + run (lazyrun pull)",
@@ -83,6 +84,7 @@ var modeTitles = map[string]string{
 	ModeProfile: "lazy, cold cache, prefetch profile",
 	ModeWarm:    "lazy, warm cache (after the pull)",
 	ModeNative:  "native (unpacked root, no FUSE)",
+	ModeRootfs:  "lazyrun --rootfs (unpacked root, no FUSE)",
 	ModeMount:   "lazyfs mount, cold cache: until mounted",
 }
 
@@ -505,6 +507,9 @@ func (r *runner) round(ctx context.Context, wr *WorkloadResult, i int) {
 		} else {
 			add(ModePodman, r.measurePodman(ctx, wr.Workload))
 		}
+	}
+	if mode(ModeRootfs) != nil {
+		add(ModeRootfs, r.measureRootfs(ctx, wr.Workload))
 	}
 	if mode(ModeNative) != nil {
 		add(ModeNative, r.measureNative(ctx, wr.Workload))

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
+	"golang.org/x/sys/unix"
 )
 
 // nativeScript runs a command on the image's unpacked root without FUSE:
@@ -75,6 +76,52 @@ func (r *runner) measureNative(ctx context.Context, w Workload) (s Sample) {
 		s.Err = err.Error()
 	}
 	return s
+}
+
+// measureRootfs times w with lazyrun on the unpacked root (run --rootfs):
+// the container runtime of the lazy runs without lazyfs, so that a warm
+// start's cost of FUSE and the cache can be told from the runtime's. The
+// image's unpacked layers are merged by a read-only overlay mounted here,
+// which lazyrun then uses as its lower directory.
+func (r *runner) measureRootfs(ctx context.Context, w Workload) (s Sample) {
+	sc, err := newScratch(ctx, r.cfg.WorkDir, "rootfs", 0)
+	if err != nil {
+		return Sample{Err: err.Error()}
+	}
+	defer r.closeScratch(sc)
+	b := r.images[w.Image]
+	merged, root := filepath.Join(sc.Dir, "merged"), filepath.Join(sc.Dir, "lazyrun")
+	for _, d := range []string{merged, root} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return Sample{Err: err.Error()}
+		}
+	}
+	if lower := b.lowerDirs(); !strings.Contains(lower, ":") {
+		merged = lower // one directory: nothing to merge
+	} else {
+		// Without an upper directory overlayfs mounts read-only.
+		if err := unix.Mount("overlay", merged, "overlay", unix.MS_RDONLY, "lowerdir="+lower); err != nil {
+			return Sample{Err: fmt.Sprintf("mount the unpacked root at %s: %v", merged, err)}
+		}
+		defer unix.Unmount(merged, unix.MNT_DETACH) //nolint:errcheck // the scratch's clean-up unmounts too
+	}
+	args := append([]string{"run", "--rm", "--net", "none", "--rootfs"}, envFlags(b.Env)...)
+	args = append(append(args, merged), w.Cmd...)
+	d, out, err := r.command(ctx, r.logPath(w.Name+"-rootfs"), nil, r.lazyrun(root, args...)...)
+	s.Wall = d
+	if err := checkRun(w, out, err); err != nil {
+		s.Err = err.Error()
+	}
+	return s
+}
+
+// envFlags turns NAME=VALUE settings into lazyrun's -e flags.
+func envFlags(env []string) []string {
+	var out []string
+	for _, e := range env {
+		out = append(out, "-e", e)
+	}
+	return out
 }
 
 // Opened is what a command opened of its image.
