@@ -74,6 +74,15 @@ const configReads = 3
 //
 // Safe for concurrent use.
 func (c *Client) Resolve(ctx context.Context, ref string) (*Image, error) {
+	return c.ResolveWith(ctx, ref, nil)
+}
+
+// ResolveWith is Resolve, calling manifested (unless nil) with the image
+// as soon as its manifest is known, before its config is fetched: a caller
+// that needs only the manifest (the layers' indexes, the referrers) can
+// start on it a round trip sooner. manifested gets a copy without Config
+// and RawConfig; it must return at once.
+func (c *Client) ResolveWith(ctx context.Context, ref string, manifested func(*Image)) (*Image, error) {
 	r, err := c.parseReference(ref)
 	if err != nil {
 		return nil, err
@@ -106,6 +115,10 @@ func (c *Client) Resolve(ctx context.Context, ref string) (*Image, error) {
 		return nil, fmt.Errorf("resolve %s: %w", ref, err)
 	}
 	img.Digest, img.MediaType, img.RawManifest = dgst, mt, raw
+	if manifested != nil {
+		early := *img
+		manifested(&early)
+	}
 	cd := img.Manifest.Config
 	// Bytes damaged on the way fail the digest check, which the retries
 	// below readBlob do not cover: read it again, a few times.

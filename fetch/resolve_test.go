@@ -165,6 +165,26 @@ func TestResolveIndex(t *testing.T) {
 	}
 }
 
+// ResolveWith shows the picked manifest before the config is fetched, once.
+func TestResolveWithManifested(t *testing.T) {
+	fx := newImageFixture(t)
+	c := testClient(t, Config{Platform: platform("linux", "arm64", "")})
+	var early []*Image
+	img, err := c.ResolveWith(t.Context(), fx.repo+":multi", func(m *Image) { early = append(early, m) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(early) != 1 {
+		t.Fatalf("manifested called %d times, want once", len(early))
+	}
+	if m := early[0]; m.Digest != fx.arm64 || m.IndexDigest != fx.index || len(m.Manifest.Layers) != 1 || m.RawConfig != nil || m == img {
+		t.Errorf("manifested got %+v; want the arm64 manifest without its config, a copy", m)
+	}
+	if img.RawConfig == nil || img.Config.Architecture != "arm64" {
+		t.Errorf("ResolveWith() = %+v, want the config too", img)
+	}
+}
+
 func TestResolveDefaultPlatform(t *testing.T) {
 	if runtime.GOOS != "linux" || (runtime.GOARCH != "amd64" && runtime.GOARCH != "arm64") {
 		t.Skipf("the fixture has linux/amd64 and linux/arm64 only, this is %s/%s", runtime.GOOS, runtime.GOARCH)

@@ -75,7 +75,7 @@ type ImageHistory struct {
 // uncompressed size; nothing is built or fetched besides. The error wraps
 // fetch.ErrNotFound when the registry does not know ref.
 func (r *Runtime) History(ctx context.Context, ref string) (*ImageHistory, error) {
-	img, recorded, err := r.resolveImage(ctx, ref)
+	img, recorded, err := r.resolveImage(ctx, ref, nil)
 	if err != nil {
 		return nil, err
 	}

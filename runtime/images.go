@@ -266,9 +266,12 @@ var ErrNoSuchImage = errors.New("no such image")
 // used. "Recorded" means this root pulled or ran ref before and kept its
 // manifest and config (LocalImage); its frames may still be in the
 // registry only, as with any lazily run image.
-func (r *Runtime) imageToRun(ctx context.Context, ref string, p PullPolicy) (*fetch.Image, error) {
+//
+// manifested, unless nil, is called as fetch.Client.ResolveWith calls it
+// when the image comes from the registry.
+func (r *Runtime) imageToRun(ctx context.Context, ref string, p PullPolicy, manifested func(*fetch.Image)) (*fetch.Image, error) {
 	if p == PullAlways {
-		img, err := r.cfg.Client.Resolve(ctx, ref)
+		img, err := r.cfg.Client.ResolveWith(ctx, ref, manifested)
 		if err != nil {
 			return nil, err
 		}
@@ -293,7 +296,8 @@ func (r *Runtime) imageToRun(ctx context.Context, ref string, p PullPolicy) (*fe
 	case !errors.Is(err, fs.ErrNotExist):
 		r.log.Warn("local copy of image unusable: asking the registry", "image", ref, "err", err)
 	}
-	return r.ResolveImage(ctx, ref)
+	img, _, err = r.resolveImage(ctx, ref, manifested)
+	return img, err
 }
 
 // ResolveImage resolves ref in the registry and records the image as used.
@@ -303,14 +307,14 @@ func (r *Runtime) imageToRun(ctx context.Context, ref string, p PullPolicy) (*fe
 // not in the cache will then fail to read. A failure to record is logged,
 // not returned.
 func (r *Runtime) ResolveImage(ctx context.Context, ref string) (*fetch.Image, error) {
-	img, _, err := r.resolveImage(ctx, ref)
+	img, _, err := r.resolveImage(ctx, ref, nil)
 	return img, err
 }
 
 // resolveImage is ResolveImage, also telling whether the image came from
 // the record because the registry did not answer.
-func (r *Runtime) resolveImage(ctx context.Context, ref string) (img *fetch.Image, recorded bool, err error) {
-	img, err = r.cfg.Client.Resolve(ctx, ref)
+func (r *Runtime) resolveImage(ctx context.Context, ref string, manifested func(*fetch.Image)) (img *fetch.Image, recorded bool, err error) {
+	img, err = r.cfg.Client.ResolveWith(ctx, ref, manifested)
 	if err == nil {
 		if rerr := r.RecordImage(ref, img, false); rerr != nil {
 			r.log.Warn("cannot record image", "image", ref, "err", rerr)

@@ -357,10 +357,10 @@ func TestPullPolicy(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(t.Output(), nil))
 	rt := New(Config{Root: t.TempDir(), Client: fetch.New(fetch.Config{Logger: log, Retries: -1}), Logger: log})
 
-	if _, err := rt.imageToRun(t.Context(), ref, PullNever); !errors.Is(err, ErrNoSuchImage) {
+	if _, err := rt.imageToRun(t.Context(), ref, PullNever, nil); !errors.Is(err, ErrNoSuchImage) {
 		t.Fatalf("--pull=never before any run = %v, want ErrNoSuchImage", err)
 	}
-	img, err := rt.imageToRun(t.Context(), ref, PullMissing)
+	img, err := rt.imageToRun(t.Context(), ref, PullMissing, nil)
 	if err != nil || img.Digest != first {
 		t.Fatalf("--pull=missing before any run = %v, %v; want %s from the registry", img, err, first)
 	}
@@ -368,25 +368,25 @@ func TestPullPolicy(t *testing.T) {
 	_, second := testutil.PushImage(t, reg.Addr, "test/policy", layer(2), testutil.ImageConfig{})
 	requests := len(proxy.Requests())
 	for _, p := range []PullPolicy{PullMissing, PullNever} {
-		if img, err := rt.imageToRun(t.Context(), ref, p); err != nil || img.Digest != first {
+		if img, err := rt.imageToRun(t.Context(), ref, p, nil); err != nil || img.Digest != first {
 			t.Errorf("--pull=%s after the tag moved = %v, %v; want the recorded %s", p, img, err, first)
 		}
 	}
 	if n := len(proxy.Requests()) - requests; n != 0 {
 		t.Errorf("--pull=missing and never of a recorded image made %d requests, want 0", n)
 	}
-	if img, err := rt.imageToRun(t.Context(), ref, PullAlways); err != nil || img.Digest != second {
+	if img, err := rt.imageToRun(t.Context(), ref, PullAlways, nil); err != nil || img.Digest != second {
 		t.Fatalf("--pull=always = %v, %v; want %s, where the tag moved", img, err, second)
 	}
-	if img, err := rt.imageToRun(t.Context(), ref, PullMissing); err != nil || img.Digest != second {
+	if img, err := rt.imageToRun(t.Context(), ref, PullMissing, nil); err != nil || img.Digest != second {
 		t.Errorf("--pull=missing after --pull=always = %v, %v; want the new record %s", img, err, second)
 	}
 
 	relay.Stop()
-	if _, err := rt.imageToRun(t.Context(), ref, PullAlways); err == nil {
+	if _, err := rt.imageToRun(t.Context(), ref, PullAlways, nil); err == nil {
 		t.Errorf("--pull=always with the registry gone succeeded")
 	}
-	if img, err := rt.imageToRun(t.Context(), ref, PullMissing); err != nil || img.Digest != second {
+	if img, err := rt.imageToRun(t.Context(), ref, PullMissing, nil); err != nil || img.Digest != second {
 		t.Errorf("--pull=missing with the registry gone = %v, %v; want the record", img, err)
 	}
 	if _, err := ParsePullPolicy("sometimes"); err == nil {

@@ -113,26 +113,49 @@ func (r *Runtime) Create(ctx context.Context, ref string, opt RunOptions) (*Cont
 	if opt.Rootfs {
 		return r.createOnRootfs(ref, opt)
 	}
-	img, err := r.imageToRun(ctx, ref, opt.Pull)
+	// The supervisor mounts the layers from their indexes: found or built
+	// here, the caller sees the progress. The prefetch profile is looked
+	// for beside them (both are referrers of the image), so that the
+	// supervisor can start prefetching as soon as it runs. Both need only
+	// the manifest: they start as soon as it is known, while the config is
+	// fetched.
+	var (
+		wg        sync.WaitGroup
+		started   bool
+		layersErr error
+		prof      *layers.Profile
+	)
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	lookUp := func(m *fetch.Image) {
+		started = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, layersErr = r.cfg.Resolver.Layers(lctx, m)
+		}()
+		if !opt.Spec.NoPrefetch && !opt.Spec.RecordPrefetch {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				prof = r.findProfile(lctx, m, createProfileTimeout)
+			}()
+		}
+	}
+	img, err := r.imageToRun(ctx, ref, opt.Pull, lookUp)
+	switch {
+	case err != nil:
+		cancel() // the config failed: no container, no need for indexes
+	case !started:
+		lookUp(img) // from the record: no manifest came from the registry
+	}
+	wg.Wait()
+	if err == nil {
+		err = layersErr
+	}
 	if err != nil {
 		return nil, &StartError{ExitSetup, err}
 	}
-	// The profile is looked for beside the indexes (both are referrers of
-	// the image), so that the supervisor can start prefetching as soon as
-	// it runs.
-	profile := make(chan *layers.Profile, 1)
-	if opt.Spec.NoPrefetch || opt.Spec.RecordPrefetch {
-		profile <- nil
-	} else {
-		go func() { profile <- r.findProfile(ctx, img, createProfileTimeout) }()
-	}
-	// The supervisor mounts the layers from these indexes: built here, the
-	// caller sees the progress.
-	if _, err := r.cfg.Resolver.Layers(ctx, img); err != nil {
-		<-profile
-		return nil, &StartError{ExitSetup, err}
-	}
-	prof := <-profile
 	switch opt.Spec.Cow {
 	case "", CowOverlay, CowFuse:
 	default:
