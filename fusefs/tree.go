@@ -103,33 +103,38 @@ func (t *tree) parentDir(p string) *node {
 }
 
 // resolveDir returns the directory at dir (cleaned, relative; "." or "" is
-// the root), following symlinks inside the root. Without create it returns
-// nil where the path does not lead to a directory.
+// the root), following symlinks inside the root as the kernel does with
+// RESOLVE_IN_ROOT: a target's names are resolved one by one, so ".." after
+// a symlink leaves the directory it led to, not the link's ("m -> l/../c"
+// with "l -> a/b" is a/c), and ".." at the root stays there. Without
+// create it returns nil where the path does not lead to a directory.
 func (t *tree) resolveDir(dir string, create bool) *node {
 	names := []string{}
 	if dir != "." && dir != "" {
 		names = strings.Split(dir, "/")
 	}
-	n, at := t.root, []string{} // at: the resolved path of n
+	n, at := t.root, []string{} // at: the resolved path of n, directories only
 	for followed := 0; len(names) > 0; {
 		name := names[0]
 		names = names[1:]
+		switch name {
+		case "", ".":
+			continue
+		case "..":
+			if len(at) > 0 {
+				at = at[:len(at)-1]
+				n = t.walk(at)
+			}
+			continue
+		}
 		child := n.children[name]
 		if child != nil && child.entry != nil && child.entry.Type == index.TypeSymlink && followed < maxSymlinks {
 			followed++
 			target := child.entry.Linkname
-			if !path.IsAbs(target) {
-				target = path.Join(append(append([]string{"/"}, at...), target)...)
+			if path.IsAbs(target) {
+				n, at = t.root, at[:0]
 			}
-			// Cleaned from the root, ".." cannot climb out of it.
-			resolved := strings.TrimPrefix(path.Clean("/"+target), "/")
-			rest := names
-			names = nil
-			if resolved != "" {
-				names = strings.Split(resolved, "/")
-			}
-			names = append(names, rest...)
-			n, at = t.root, at[:0]
+			names = append(strings.Split(target, "/"), names...)
 			continue
 		}
 		if child == nil || !child.isDir() {
@@ -140,6 +145,16 @@ func (t *tree) resolveDir(dir string, create bool) *node {
 			n.children[name] = child
 		}
 		n, at = child, append(at, name)
+	}
+	return n
+}
+
+// walk returns the directory at the resolved path at (every name a
+// directory, as resolveDir keeps it).
+func (t *tree) walk(at []string) *node {
+	n := t.root
+	for _, name := range at {
+		n = n.children[name]
 	}
 	return n
 }

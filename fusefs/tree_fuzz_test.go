@@ -212,10 +212,9 @@ var (
 )
 
 // fuzzTarget makes a symlink target from two bytes: absolute, or
-// relative with up to three leading "..", then one to three names.
-// ".." comes only first: after a name it would be cleaned away without
-// resolving that name, as resolveDir (and containerd's fs.RootPath) does
-// but the kernel does not.
+// relative with up to three leading "..", then one to three names, a ".."
+// after the first of them when b1 says so (which the kernel resolves after
+// the name, symlink or not).
 func fuzzTarget(b0, b1 byte) string {
 	var parts []string
 	switch b0 % 5 {
@@ -228,9 +227,12 @@ func fuzzTarget(b0, b1 byte) string {
 		}
 	}
 	n := int(b1)
-	for range 1 + int(b0/5)%3 {
+	for i := range 1 + int(b0/5)%3 {
 		parts = append(parts, fuzzNames[n%len(fuzzNames)])
 		n /= len(fuzzNames)
+		if i == 0 && b1 >= 16 {
+			parts = append(parts, "..")
+		}
 	}
 	if b0 >= 250 {
 		return "."
