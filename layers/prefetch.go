@@ -242,19 +242,23 @@ type claim struct {
 }
 
 // claim marks the frames of run (ascending) of x that no other fetch has
-// in flight (a prefetch's claim, or a reader's load) as the caller's, and returns them as runs of adjacent frames.
+// in flight (a prefetch's claim, a reader's load, or another process: the
+// cache's frame lock) as the caller's, and returns them as runs of adjacent frames.
 // The caller must call done of each.
 func (s *Source) claim(x *index.Index, run []int) []claim {
 	var out []claim
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var cur []int
+	var (
+		cur     []int
+		unlocks []func() // of cur's frames' cross-process locks
+	)
 	flush := func() {
 		if len(cur) == 0 {
 			return
 		}
 		ch := make(chan struct{})
-		frames := cur
+		frames, locks := cur, unlocks
 		for _, k := range frames {
 			s.inflight[x.Frames[k].Digest] = ch
 		}
@@ -266,9 +270,12 @@ func (s *Source) claim(x *index.Index, run []int) []claim {
 				}
 			}
 			s.mu.Unlock()
+			for _, unlock := range locks {
+				unlock()
+			}
 			close(ch)
 		}})
-		cur = nil
+		cur, unlocks = nil, nil
 	}
 	for _, k := range run {
 		d := x.Frames[k].Digest
@@ -276,10 +283,15 @@ func (s *Source) claim(x *index.Index, run []int) []claim {
 			flush()
 			continue
 		}
+		unlock, ok := s.store.TryLockFrame(d)
+		if !ok { // another process fetches it
+			flush()
+			continue
+		}
 		if len(cur) > 0 && cur[len(cur)-1] != k-1 {
 			flush()
 		}
-		cur = append(cur, k)
+		cur, unlocks = append(cur, k), append(unlocks, unlock)
 	}
 	flush()
 	return out
