@@ -5,49 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/lazyfs/lazyfs/index"
 )
-
-// lowerNode serves one node of the merged tree read-only.
-type lowerNode struct {
-	fs.Inode
-	n  *node
-	fs *fileSystem
-}
-
-var (
-	_ fs.NodeGetattrer   = (*lowerNode)(nil)
-	_ fs.NodeOpener      = (*lowerNode)(nil)
-	_ fs.NodeReader      = (*lowerNode)(nil)
-	_ fs.NodeReadlinker  = (*lowerNode)(nil)
-	_ fs.NodeGetxattrer  = (*lowerNode)(nil)
-	_ fs.NodeListxattrer = (*lowerNode)(nil)
-	_ fs.NodeStatfser    = (*lowerNode)(nil)
-)
-
-func (l *lowerNode) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	l.fs.fillAttr(l.n, &out.Attr)
-	return 0
-}
-
-func (l *lowerNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
-		return nil, 0, syscall.EROFS
-	}
-	// Lower files never change: let the kernel keep their pages.
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
-}
-
-func (l *lowerNode) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	return l.fs.read(ctx, l.n, dest, off)
-}
 
 // read reads the content of a lower regular file.
 func (f *fileSystem) read(ctx context.Context, n *node, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -92,59 +56,6 @@ func (f *fileSystem) readStream(ctx context.Context, x *index.Index, off int64, 
 		return end - 1, fmt.Errorf("stream [%d,+%d): %w: frames [%d,%d) hold %d of its bytes", off, len(buf), index.ErrCorrupt, first, end, got)
 	}
 	return 0, nil
-}
-
-func (l *lowerNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	if e := l.n.entry; e != nil && e.Type == index.TypeSymlink {
-		return []byte(e.Linkname), 0
-	}
-	return nil, syscall.EINVAL
-}
-
-func (l *lowerNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	if l.fs.noXattrs {
-		return 0, syscall.ENOSYS
-	}
-	if l.n.entry == nil {
-		return 0, syscall.ENODATA
-	}
-	for _, x := range l.n.entry.Xattrs {
-		if x.Name == attr {
-			if len(dest) < len(x.Value) {
-				return uint32(len(x.Value)), syscall.ERANGE
-			}
-			return uint32(copy(dest, x.Value)), 0
-		}
-	}
-	return 0, syscall.ENODATA
-}
-
-func (l *lowerNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	if l.fs.noXattrs {
-		return 0, syscall.ENOSYS
-	}
-	if l.n.entry == nil {
-		return 0, 0
-	}
-	var b strings.Builder
-	for _, x := range l.n.entry.Xattrs {
-		b.WriteString(x.Name)
-		b.WriteByte(0)
-	}
-	if len(dest) < b.Len() {
-		return uint32(b.Len()), syscall.ERANGE
-	}
-	return uint32(copy(dest, b.String())), 0
-}
-
-func (l *lowerNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	const bsize = 4096
-	out.Bsize = bsize
-	out.Frsize = bsize
-	out.Blocks = uint64(l.fs.tree.bytes+bsize-1) / bsize
-	out.Files = uint64(l.fs.tree.nodes)
-	out.NameLen = 255
-	return 0
 }
 
 // fillAttr describes a node as stat(2) shows it.
