@@ -455,16 +455,45 @@ func (n *cowNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	f := n.fs
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	d, dirRel, errno := f.entry(n, name)
-	if errno != 0 {
-		return nil, errno
+	var d dentry
+	if n.upper {
+		var dirRel string
+		var errno syscall.Errno
+		if d, dirRel, errno = f.entry(n, name); errno != 0 {
+			return nil, errno
+		}
+		if !d.exists() {
+			return nil, syscall.ENOENT
+		}
+		c := f.newChild(&d)
+		f.fillEntry(&d, c, out)
+		return n.NewInode(ctx, c, f.identity(&d, path.Join(dirRel, name))), 0
 	}
-	if !d.exists() {
+	// A directory shown from the lower tree alone: its path is needed
+	// only to tell the names of a linked file apart. A READDIRPLUS looks
+	// up every entry of a listing, so this is the common case of a walk.
+	if !n.IsRoot() {
+		if _, p := n.Parent(); p == nil {
+			return nil, syscall.ENOENT // removed while in use
+		}
+	}
+	if len(name) > nameMax {
+		return nil, syscall.ENAMETOOLONG
+	}
+	if d.lower = n.lower.children[name]; d.lower == nil {
 		return nil, syscall.ENOENT
+	}
+	rel := ""
+	if d.lower.linked() {
+		dirRel, ok := n.rel()
+		if !ok {
+			return nil, syscall.ENOENT
+		}
+		rel = path.Join(dirRel, name)
 	}
 	c := f.newChild(&d)
 	f.fillEntry(&d, c, out)
-	return n.NewInode(ctx, c, f.identity(&d, path.Join(dirRel, name))), 0
+	return n.NewInode(ctx, c, f.identity(&d, rel)), 0
 }
 
 func (n *cowNode) OnForget() {
@@ -643,6 +672,19 @@ func (h *dirHandle) Releasedir(ctx context.Context, flags uint32) {
 // list returns the merged view of the directory at rel, sorted by name.
 // The caller holds mu.
 func (f *cowFS) list(up bool, lower *node, rel string) ([]fuse.DirEntry, syscall.Errno) {
+	if !up {
+		if lower == nil {
+			return nil, 0
+		}
+		// Most of an image is never written to: its directories are
+		// the tree's, already sorted.
+		kids := f.tree.sorted(lower)
+		out := make([]fuse.DirEntry, len(kids))
+		for i, c := range kids {
+			out[i] = fuse.DirEntry{Name: c.name, Mode: typeBits(c.n.typ()), Ino: c.n.ino}
+		}
+		return out, 0
+	}
 	var out []fuse.DirEntry
 	taken := map[string]bool{} // names the upper part has, whiteouts included
 	if up {
