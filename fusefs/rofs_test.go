@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
@@ -274,5 +275,72 @@ func TestReadOnlyMountListing(t *testing.T) {
 	}
 	if _, err := os.ReadDir(filepath.Join(big, want[1])); !errors.Is(err, syscall.ENOTDIR) {
 		t.Errorf("ReadDir of a file = %v, want ENOTDIR", err)
+	}
+}
+
+// A writable mount lists a lower-only directory without its files'
+// attributes until someone looks one of them up; the next listings then
+// carry them (plusPolicy).
+func TestCowListingsCarryFileAttributesOnDemand(t *testing.T) {
+	dir, c := mountCounted(t, [][]byte{treeLayer(t, 3, 20)}, Config{WritableCacheTimeout: time.Hour}, true)
+	tree := filepath.Join(dir, "tree")
+	var names int
+	err := filepath.WalkDir(tree, func(p string, d os.DirEntry, err error) error {
+		names++
+		return err
+	})
+	if err != nil || names != 1+3+3*20 {
+		t.Fatalf("walk of names: %d, %v; want %d names", names, err, 1+3+3*20)
+	}
+	if n := c.lookup.Load(); n > 1 { // "tree" itself
+		t.Errorf("a walk of names made %d LOOKUPs (%s), want at most 1: no file's attributes are needed", n, c)
+	}
+
+	before := c.lookup.Load()
+	entries, err := os.ReadDir(filepath.Join(tree, "d00"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if _, err := e.Info(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := c.lookup.Load() - before; n != 20 {
+		t.Errorf("stat of the 20 files of a directory listed without their attributes made %d LOOKUPs, want 20", n)
+	}
+	before = c.lookup.Load()
+	if n := statWalk(t, filepath.Join(tree, "d01")); n != 21 {
+		t.Fatalf("stat walk of d01 saw %d entries, want 21", n)
+	}
+	if n := c.lookup.Load() - before; n != 0 {
+		t.Errorf("a stat walk after that made %d LOOKUPs, want none: the listing carries the attributes", n)
+	}
+}
+
+func TestPlusPolicy(t *testing.T) {
+	var p plusPolicy
+	listings := func(n int) (bare int) {
+		for range n {
+			if p.bare() {
+				bare++
+			}
+		}
+		return bare
+	}
+	if got := listings(10); got != 10 {
+		t.Errorf("before any miss: %d of 10 listings bare, want all", got)
+	}
+	for i, want := range []int{firstPlusCredit, 2 * firstPlusCredit, 4 * firstPlusCredit} {
+		p.miss()
+		if got := listings(want + 5); got != 5 {
+			t.Errorf("after miss %d: %d of %d listings bare, want the last 5 (a credit of %d)", i+1, got, want+5, want)
+		}
+	}
+	for range 20 {
+		p.miss()
+	}
+	if got := listings(maxPlusCredit + 1); got != 1 {
+		t.Errorf("after many misses: %d of %d listings bare, want 1 (a credit of at most %d)", got, maxPlusCredit+1, maxPlusCredit)
 	}
 }
