@@ -80,6 +80,7 @@ type Mount struct {
 	server *fuse.Server
 	dev    uint64 // the mount's device number: its FUSE connection
 	log    *slog.Logger
+	ro     *roFS // the read-only file system; nil for a writable mount
 }
 
 // MountLayers merges the layers (bottom first) and mounts the union at dir,
@@ -130,6 +131,7 @@ func mount(dir string, layers []*index.Index, src FrameSource, cfg Config, wrap 
 		mo.DirectMountFlags = unix.MS_MGC_VAL
 	}
 	var raw fuse.RawFileSystem
+	var ro *roFS
 	if cfg.UpperDir == "" {
 		timeout := cfg.CacheTimeout
 		if timeout <= 0 {
@@ -138,7 +140,8 @@ func mount(dir string, layers []*index.Index, src FrameSource, cfg Config, wrap 
 		// A symlink's target never changes: the kernel may keep it
 		// rather than ask at every path walk through the link.
 		mo.EnableSymlinkCaching = true
-		raw = newROFS(fsys, timeout)
+		ro = newROFS(fsys, timeout)
+		raw = ro
 	} else {
 		cow, err := newCowFS(fsys, cfg)
 		if err != nil {
@@ -180,7 +183,7 @@ func mount(dir string, layers []*index.Index, src FrameSource, cfg Config, wrap 
 		server.Unmount() //nolint:errcheck // the stat's error says more
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
-	return &Mount{Dir: dir, server: server, dev: st.Dev, log: log}, nil
+	return &Mount{Dir: dir, server: server, dev: st.Dev, log: log, ro: ro}, nil
 }
 
 // closeFuseOnExec marks this process's /dev/fuse descriptors close-on-exec.
@@ -257,6 +260,10 @@ const unmountGrace = 5 * time.Second
 func (m *Mount) unmounted(err error) error {
 	if err != nil {
 		return fmt.Errorf("unmount %s: %w", m.Dir, err)
+	}
+	if m.ro != nil {
+		// The connection is gone: a push still under way fails at once.
+		m.ro.waitPushes()
 	}
 	return nil
 }

@@ -15,6 +15,12 @@ import (
 
 // read reads the content of a lower regular file.
 func (f *fileSystem) read(ctx context.Context, n *node, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return f.readFrames(ctx, n, dest, off, nil)
+}
+
+// readFrames is read; used, if not nil, is called with each frame the
+// read took bytes from (its number in the node's layer, and its bytes).
+func (f *fileSystem) readFrames(ctx context.Context, n *node, dest []byte, off int64, used func(i int, data []byte)) (fuse.ReadResult, syscall.Errno) {
 	e := n.entry
 	if e == nil || e.Type != index.TypeReg {
 		return nil, syscall.EISDIR
@@ -29,7 +35,7 @@ func (f *fileSystem) read(ctx context.Context, n *node, dest []byte, off int64) 
 			clear(buf)
 			continue
 		}
-		if frame, err := f.readStream(ctx, x, p.Stream, buf); err != nil {
+		if frame, err := f.readStream(ctx, x, p.Stream, buf, used); err != nil {
 			return nil, f.errno(ctx, "read", e.Path, err, slog.Int64("off", off), slog.Int("frame", frame))
 		}
 	}
@@ -37,8 +43,9 @@ func (f *fileSystem) read(ctx context.Context, n *node, dest []byte, off int64) 
 }
 
 // readStream fills buf with the layer's uncompressed tar stream from off,
-// frame by frame. On failure it returns the frame that failed.
-func (f *fileSystem) readStream(ctx context.Context, x *index.Index, off int64, buf []byte) (int, error) {
+// frame by frame, calling used (if not nil) with each. On failure it
+// returns the frame that failed.
+func (f *fileSystem) readStream(ctx context.Context, x *index.Index, off int64, buf []byte, used func(i int, data []byte)) (int, error) {
 	first, end := x.FramesFor(off, int64(len(buf)))
 	got := 0
 	for i := first; i < end; i++ {
@@ -51,6 +58,9 @@ func (f *fileSystem) readStream(ctx context.Context, x *index.Index, off int64, 
 			return i, fmt.Errorf("frame %d: %w: %d bytes, no byte %d", i, index.ErrCorrupt, len(data), from)
 		}
 		got += copy(buf[got:], data[from:])
+		if used != nil {
+			used(i, data)
+		}
 	}
 	if got != len(buf) {
 		return end - 1, fmt.Errorf("stream [%d,+%d): %w: frames [%d,%d) hold %d of its bytes", off, len(buf), index.ErrCorrupt, first, end, got)

@@ -1,6 +1,7 @@
 package fusefs
 
 import (
+	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -31,10 +32,12 @@ type roFS struct {
 	timeout time.Duration // entry, attribute and negative cache lifetime
 
 	server *fuse.Server // set by Init, before any request but INIT
+
+	pushSem chan struct{} // a token per push under way (maxPushes)
 }
 
 func newROFS(f *fileSystem, timeout time.Duration) *roFS {
-	return &roFS{RawFileSystem: fuse.NewDefaultRawFileSystem(), fileSystem: f, timeout: timeout}
+	return &roFS{RawFileSystem: fuse.NewDefaultRawFileSystem(), fileSystem: f, timeout: timeout, pushSem: make(chan struct{}, maxPushes)}
 }
 
 func (r *roFS) String() string { return "lazyfs" }
@@ -122,8 +125,100 @@ func (r *roFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.R
 		return nil, st
 	}
 	ctx := &fuse.Context{Caller: in.Caller, Cancel: cancel}
-	res, errno := r.read(ctx, n, buf, int64(in.Offset))
+	off := int64(in.Offset)
+	if len(buf) >= pushReadMax || n.entry == nil || n.entry.Sparse != nil {
+		res, errno := r.read(ctx, n, buf, off)
+		return res, fuse.Status(errno)
+	}
+	var used []usedFrame
+	res, errno := r.readFrames(ctx, n, buf, off, func(i int, data []byte) { used = append(used, usedFrame{i, data}) })
+	if errno == 0 {
+		r.push(n, off, int64(len(buf)), used)
+	}
 	return res, fuse.Status(errno)
+}
+
+// pushReadMax is the size from which a READ's frames are not pushed (see
+// push): the kernel reads that much only when it reads ahead, and then it
+// asks for the rest of the frames soon enough itself.
+const pushReadMax = 64 << 10
+
+// maxPushes bounds the pushes under way; a READ that finds them all busy
+// pushes nothing.
+const maxPushes = 2
+
+// usedFrame is a frame a READ took bytes from.
+type usedFrame struct {
+	i    int
+	data []byte // verified (FrameSource)
+}
+
+// push gives the kernel's page cache, in the background, the rest of the
+// file's bytes in the frames a small READ of [off, off+size) used
+// (FUSE_NOTIFY_STORE). A frame is read from the cache's disk and its
+// SHA-256 checked as a whole however little of it a READ wants: with
+// 256 KiB frames, 20 000 random 4 KiB reads of a 1 GiB file read and
+// hashed ~14 700 frames (of 3 249) when only the bytes asked for stayed in
+// the page cache, ~3 600 with the rest pushed (7.7 s -> 3.0 s). The bytes
+// are the verified frames the READ itself got from the FrameSource (asking
+// it again would look like a sequential reader to layers.Source and start
+// its read-ahead).
+//
+// The READ's own range is left out: the kernel holds those pages locked
+// until the reply, which goes out only after Read returns. Other pages
+// may be locked by other READs under way; a push waits for those, which
+// the server answers meanwhile. A sparse file is not pushed (its content
+// is not one run of the stream).
+func (r *roFS) push(n *node, off, size int64, used []usedFrame) {
+	if len(used) == 0 || r.server == nil || off == 0 && size >= n.entry.Size {
+		return // nothing, or nothing but what the READ asked for
+	}
+	select {
+	case r.pushSem <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-r.pushSem }()
+		e, x := n.entry, r.layers[n.layer]
+		for _, u := range used {
+			fileOff, at, k := e.Within(x.Frames[u.i].Offset, int64(len(u.data)))
+			data := u.data[at : at+k]
+			r.store(n, fileOff, data[:max(0, min(off-fileOff, k))]) // before the READ's range
+			if skip := off + size - fileOff; skip < k {
+				r.store(n, max(fileOff, off+size), data[max(0, skip):]) // after it
+			}
+		}
+	}()
+}
+
+// waitPushes returns once no push is under way: it takes every push's
+// token, then gives them back.
+func (r *roFS) waitPushes() {
+	for range maxPushes {
+		r.pushSem <- struct{}{}
+	}
+	for range maxPushes {
+		<-r.pushSem
+	}
+}
+
+// store gives the kernel the file's bytes from off, whole pages of them
+// (and the file's last, partial one): the kernel keeps a partial page it
+// is given only when it ends the file.
+func (r *roFS) store(n *node, off int64, data []byte) {
+	page := int64(os.Getpagesize())
+	end := off + int64(len(data))
+	from := (off + page - 1) / page * page
+	to := end
+	if end != n.entry.Size {
+		to = end / page * page
+	}
+	if to <= from {
+		return
+	}
+	// Best effort: ENOENT if the kernel has dropped the inode meanwhile.
+	r.server.InodeNotifyStoreCache(n.ino, from, data[from-off:to-off])
 }
 
 // Release has nothing to do: opens keep no state.

@@ -2,13 +2,17 @@ package fusefs
 
 import (
 	"archive/tar"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -23,7 +27,12 @@ import (
 // opCounter counts the requests the kernel sends a mount.
 type opCounter struct {
 	fuse.RawFileSystem
-	lookup, getattr, opendir, readdir, readdirplus, readlink atomic.Int64
+	lookup, getattr, opendir, readdir, readdirplus, readlink, read atomic.Int64
+}
+
+func (c *opCounter) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.ReadResult, fuse.Status) {
+	c.read.Add(1)
+	return c.RawFileSystem.Read(cancel, in, buf)
 }
 
 func (c *opCounter) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out *fuse.EntryOut) fuse.Status {
@@ -66,7 +75,7 @@ func (c *opCounter) String() string {
 func mountCounted(t *testing.T, blobs [][]byte, cfg Config, writable bool) (string, *opCounter) {
 	t.Helper()
 	testutil.RequireFUSE(t, "FUSE")
-	idxs, src := buildIndexes(t, blobs, 0)
+	idxs, src := buildIndexes(t, blobs, 64<<10)
 	dir := t.TempDir()
 	if writable {
 		cfg.UpperDir, cfg.WorkDir = t.TempDir(), t.TempDir()
@@ -275,6 +284,108 @@ func TestReadOnlyMountListing(t *testing.T) {
 	}
 	if _, err := os.ReadDir(filepath.Join(big, want[1])); !errors.Is(err, syscall.ENOTDIR) {
 		t.Errorf("ReadDir of a file = %v, want ENOTDIR", err)
+	}
+}
+
+// A small READ of a large file has the kernel keep the rest of the
+// frames it used (FUSE_NOTIFY_STORE): more reads there need no request,
+// and every byte the kernel holds is the file's.
+func TestReadOnlyMountPushesFrames(t *testing.T) {
+	const size = 10<<16 + 20000 // ten frames of 64 KiB and a bit
+	content := pseudoBytes(size, 7)
+	dir, c := mountCounted(t, [][]byte{makeTar(t, []tarFile{
+		{hdr: tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644}, body: content},
+	})}, Config{}, false)
+	ro := c.RawFileSystem.(*roFS)
+	f, err := os.Open(filepath.Join(dir, "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	pread := func(off int64) {
+		t.Helper()
+		buf := make([]byte, 4096)
+		n, err := f.ReadAt(buf, off)
+		if n == 0 || err != nil && n < len(buf) && off+int64(n) != size {
+			t.Fatalf("ReadAt(%d) = %d, %v", off, n, err)
+		}
+		if !bytes.Equal(buf[:n], content[off:off+int64(n)]) {
+			t.Fatalf("ReadAt(%d) differs from the file's content", off)
+		}
+	}
+	pread(5 << 16)
+	ro.waitPushes()
+	reads := c.read.Load()
+	// The frame holding file offset 5<<16 holds the 64 KiB from there less
+	// the tar headers before the file's content (1.5 KiB).
+	for _, off := range []int64{5<<16 + 8192, 5<<16 + 16384, 5<<16 + 40960} {
+		pread(off)
+	}
+	if got := c.read.Load() - reads; got != 0 {
+		t.Errorf("reads near one already read made %d READs, want none (the rest of its frame pushed)", got)
+	}
+	// The last frame: the file's last, partial page is pushed too, and the
+	// file does not grow.
+	pread(size - 15000)
+	ro.waitPushes()
+	reads = c.read.Load()
+	pread(size - 100)
+	if got := c.read.Load() - reads; got != 0 {
+		t.Errorf("a read of the last page after one nearby made %d READs, want none", got)
+	}
+	if fi, err := f.Stat(); err != nil || fi.Size() != size {
+		t.Errorf("Stat = %v, %v; want size %d", fi, err, size)
+	}
+	got, err := io.ReadAll(f)
+	if err != nil || !bytes.Equal(got, content) {
+		t.Errorf("reading the whole file after the pushes: %d bytes, %v; want its %d bytes", len(got), err, size)
+	}
+}
+
+// Pushes run beside READs of the same pages: random small reads from
+// several goroutines and whole-file reads at once all see the file's bytes
+// and finish (a push waits for pages other READs hold locked).
+func TestReadOnlyMountPushStress(t *testing.T) {
+	const size = 40 << 16
+	content := pseudoBytes(size, 3)
+	dir, _ := mountCounted(t, [][]byte{makeTar(t, []tarFile{
+		{hdr: tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644}, body: content},
+	})}, Config{}, false)
+	p := filepath.Join(dir, "big")
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := range 4 {
+		wg.Go(func() {
+			f, err := os.Open(p)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer f.Close()
+			rng := rand.New(rand.NewPCG(uint64(g), 1))
+			buf := make([]byte, 4096)
+			for range 300 {
+				off := rng.Int64N(size/4096) * 4096
+				if _, err := f.ReadAt(buf, off); err != nil || !bytes.Equal(buf, content[off:off+4096]) {
+					errs <- fmt.Errorf("ReadAt(%d): %v or wrong bytes", off, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for range 3 {
+			got, err := os.ReadFile(p)
+			if err != nil || !bytes.Equal(got, content) {
+				errs <- fmt.Errorf("ReadFile: %d bytes, %v; want the file's %d", len(got), err, size)
+				return
+			}
+		}
+	})
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
 
