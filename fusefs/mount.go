@@ -262,8 +262,10 @@ func (m *Mount) unmounted(err error) error {
 		return fmt.Errorf("unmount %s: %w", m.Dir, err)
 	}
 	if m.ro != nil {
-		// The connection is gone: a push still under way fails at once.
+		// The connection is gone: a push or relist still under way
+		// fails at once.
 		m.ro.waitPushes()
+		m.ro.waitRelist()
 	}
 	return nil
 }

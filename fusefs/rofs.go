@@ -3,6 +3,7 @@ package fusefs
 import (
 	"os"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -34,10 +35,18 @@ type roFS struct {
 	server *fuse.Server // set by Init, before any request but INIT
 
 	pushSem chan struct{} // a token per push under way (maxPushes)
+
+	plus plusPolicy // which READDIRPLUS replies carry their files' attributes
+	// listedBare, by node ID: a directory listed without its files'
+	// attributes, none of them looked up since.
+	listedBare []atomic.Bool
+	relistSem  chan struct{} // held by the relist under way
 }
 
 func newROFS(f *fileSystem, timeout time.Duration) *roFS {
-	return &roFS{RawFileSystem: fuse.NewDefaultRawFileSystem(), fileSystem: f, timeout: timeout, pushSem: make(chan struct{}, maxPushes)}
+	return &roFS{RawFileSystem: fuse.NewDefaultRawFileSystem(), fileSystem: f, timeout: timeout,
+		pushSem: make(chan struct{}, maxPushes), relistSem: make(chan struct{}, 1),
+		listedBare: make([]atomic.Bool, len(f.tree.byIno))}
 }
 
 func (r *roFS) String() string { return "lazyfs" }
@@ -89,8 +98,46 @@ func (r *roFS) Lookup(cancel <-chan struct{}, h *fuse.InHeader, name string, out
 		out.SetEntryTimeout(r.timeout)
 		return fuse.OK
 	}
+	if !c.isDir() && r.listedBare[p.ino].Load() && r.listedBare[p.ino].CompareAndSwap(true, false) {
+		r.plus.miss()
+		r.relist()
+	}
 	r.entryOut(c, out)
 	return fuse.OK
+}
+
+// relist has the kernel drop, in the background, its cached listings of
+// the directories listed without their files' attributes (the kernel
+// keeps a listing for as long as it keeps the directory: FOPEN_CACHE_DIR),
+// so that it lists them again, with the attributes while plusPolicy's
+// credit lasts, rather than LOOKUP each file: a stat walk after a walk of
+// names would otherwise LOOKUP every file it stats. One at a time; a miss
+// while one is under way leaves the directories it has passed to the next.
+func (r *roFS) relist() {
+	if r.server == nil {
+		return
+	}
+	select {
+	case r.relistSem <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-r.relistSem }()
+		for ino := range r.listedBare {
+			if r.listedBare[ino].Load() && r.listedBare[ino].CompareAndSwap(true, false) {
+				// Best effort: ENOENT if the kernel has dropped the
+				// directory meanwhile.
+				r.server.InodeNotify(uint64(ino), 0, 0)
+			}
+		}
+	}()
+}
+
+// waitRelist returns once no relist is under way.
+func (r *roFS) waitRelist() {
+	r.relistSem <- struct{}{}
+	<-r.relistSem
 }
 
 // Forget has nothing to do: every node lives as long as the mount.
@@ -263,13 +310,24 @@ func (r *roFS) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.Di
 	if !st.Ok() {
 		return st
 	}
+	if in.Offset >= uint64(len(kids)) {
+		return fuse.OK // the end: no entries, no decision
+	}
+	// See plusPolicy; a directory listed in several replies may get
+	// both kinds.
+	bare := r.plus.bare()
+	if bare {
+		r.listedBare[in.NodeId].Store(true)
+	}
 	for i := in.Offset; i < uint64(len(kids)); i++ {
 		c := kids[i]
 		e := out.AddDirLookupEntry(fuse.DirEntry{Name: c.name, Mode: typeBits(c.n.typ()), Ino: c.n.ino, Off: i + 1})
 		if e == nil {
 			break
 		}
-		r.entryOut(c.n, e)
+		if !bare || c.n.isDir() {
+			r.entryOut(c.n, e)
+		} // else node ID 0: the kernel takes it as "no attributes", not as absence
 	}
 	return fuse.OK
 }
