@@ -26,7 +26,9 @@ import (
 // find(1) over 57 000 entries took ~180 ms of the server's CPU, more than
 // the kernel's side, and this takes ~15 ms.
 //
-// Safe for concurrent use: nothing is written after Init.
+// Safe for concurrent use: the tree is not written once merged; what
+// changes (plusPolicy, listedBare, the pushes and relists under way) is
+// guarded by a mutex, atomics and channels.
 type roFS struct {
 	fuse.RawFileSystem // ENOSYS for everything below that is not here
 	*fileSystem
@@ -190,6 +192,10 @@ func (r *roFS) Read(cancel <-chan struct{}, in *fuse.ReadIn, buf []byte) (fuse.R
 // asks for the rest of the frames soon enough itself.
 const pushReadMax = 64 << 10
 
+// maxPushAround bounds what a push gives the kernel on each side of the
+// READ's range.
+const maxPushAround = 1 << 20
+
 // maxPushes bounds the pushes under way; a READ that finds them all busy
 // pushes nothing.
 const maxPushes = 2
@@ -206,7 +212,7 @@ type usedFrame struct {
 // SHA-256 checked as a whole however little of it a READ wants: with
 // 256 KiB frames, 20 000 random 4 KiB reads of a 1 GiB file read and
 // hashed ~14 700 frames (of 3 249) when only the bytes asked for stayed in
-// the page cache, ~3 600 with the rest pushed (7.7 s -> 3.0 s). The bytes
+// the page cache, ~3 650 with the rest pushed (7.7-8.9 s -> 3.2 s). The bytes
 // are the verified frames the READ itself got from the FrameSource (asking
 // it again would look like a sequential reader to layers.Source and start
 // its read-ahead).
@@ -215,7 +221,9 @@ type usedFrame struct {
 // until the reply, which goes out only after Read returns. Other pages
 // may be locked by other READs under way; a push waits for those, which
 // the server answers meanwhile. A sparse file is not pushed (its content
-// is not one run of the stream).
+// is not one run of the stream), nor more than maxPushAround bytes on
+// either side of the READ (a gzip frame ends where a deflate block does,
+// which may be megabytes past the span).
 func (r *roFS) push(n *node, off, size int64, used []usedFrame) {
 	if len(used) == 0 || r.server == nil || off == 0 && size >= n.entry.Size {
 		return // nothing, or nothing but what the READ asked for
@@ -230,6 +238,13 @@ func (r *roFS) push(n *node, off, size int64, used []usedFrame) {
 		e, x := n.entry, r.layers[n.layer]
 		for _, u := range used {
 			fileOff, at, k := e.Within(x.Frames[u.i].Offset, int64(len(u.data)))
+			if lo := off - maxPushAround; fileOff < lo {
+				at, k, fileOff = at+lo-fileOff, k-(lo-fileOff), lo
+			}
+			k = min(k, off+size+maxPushAround-fileOff)
+			if k <= 0 {
+				continue
+			}
 			data := u.data[at : at+k]
 			r.store(n, fileOff, data[:max(0, min(off-fileOff, k))]) // before the READ's range
 			if skip := off + size - fileOff; skip < k {

@@ -74,8 +74,14 @@ func (c *opCounter) String() string {
 // work directories) if asked, and counts the requests the kernel sends.
 func mountCounted(t *testing.T, blobs [][]byte, cfg Config, writable bool) (string, *opCounter) {
 	t.Helper()
+	return mountCountedSpan(t, blobs, 64<<10, cfg, writable)
+}
+
+// mountCountedSpan is mountCounted with frames of span bytes.
+func mountCountedSpan(t *testing.T, blobs [][]byte, span int64, cfg Config, writable bool) (string, *opCounter) {
+	t.Helper()
 	testutil.RequireFUSE(t, "FUSE")
-	idxs, src := buildIndexes(t, blobs, 64<<10)
+	idxs, src := buildIndexes(t, blobs, span)
 	dir := t.TempDir()
 	if writable {
 		cfg.UpperDir, cfg.WorkDir = t.TempDir(), t.TempDir()
@@ -340,6 +346,41 @@ func TestReadOnlyMountPushesFrames(t *testing.T) {
 	got, err := io.ReadAll(f)
 	if err != nil || !bytes.Equal(got, content) {
 		t.Errorf("reading the whole file after the pushes: %d bytes, %v; want its %d bytes", len(got), err, size)
+	}
+}
+
+// A push gives the kernel at most maxPushAround bytes on either side of
+// the READ, however large the frame.
+func TestReadOnlyMountPushesAroundTheRead(t *testing.T) {
+	const size = 4 << 20
+	content := pseudoBytes(size, 5)
+	dir, c := mountCountedSpan(t, [][]byte{makeTar(t, []tarFile{
+		{hdr: tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644}, body: content},
+	})}, 8<<20, Config{}, false) // one frame
+	ro := c.RawFileSystem.(*roFS)
+	f, err := os.Open(filepath.Join(dir, "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	at := int64(3 << 20)
+	if _, err := f.ReadAt(buf, at); err != nil {
+		t.Fatal(err)
+	}
+	ro.waitPushes()
+	for _, tc := range []struct {
+		off   int64
+		reads int64
+	}{{at - maxPushAround, 0}, {at + maxPushAround - 4096, 0}, {at - maxPushAround - 4096, 1}} {
+		before := c.read.Load()
+		if _, err := f.ReadAt(buf, tc.off); err != nil || !bytes.Equal(buf, content[tc.off:tc.off+4096]) {
+			t.Fatalf("ReadAt(%d): %v or wrong bytes", tc.off, err)
+		}
+		ro.waitPushes()
+		if got := c.read.Load() - before; got != tc.reads {
+			t.Errorf("ReadAt(%d) after one at %d made %d READs, want %d", tc.off, at, got, tc.reads)
+		}
 	}
 }
 
