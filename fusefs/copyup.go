@@ -220,7 +220,7 @@ func (f *cowFS) copyContent(ctx context.Context, c *node, dst string) (err error
 		for _, p := range e.Pieces(off, copyChunk) {
 			if !p.Hole() {
 				b := buf[:p.Len]
-				if frame, err := f.readStream(ctx, x, p.Stream, b); err != nil {
+				if frame, err := f.readStream(ctx, x, p.Stream, b, nil); err != nil {
 					return &lowerReadError{frame: frame, err: err}
 				}
 				for len(b) > 0 {

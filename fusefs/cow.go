@@ -56,6 +56,7 @@ type cowFS struct {
 	timeout time.Duration
 	root    *cowNode
 	seq     atomic.Uint64 // names in tmp
+	plus    plusPolicy    // which listings carry their files' attributes
 
 	// mu guards every cowNode's upper and lower fields and the layout of
 	// the upper directory: namespace changes hold it for writing;
@@ -92,6 +93,10 @@ type cowNode struct {
 	// tmpfile is the open file of a node made with O_TMPFILE, which has no
 	// name to link it from. Guarded by fs.mu.
 	tmpfile *upperFile
+
+	// listedBare: a directory listed without its files' attributes, and
+	// none of them looked up since (see plusPolicy).
+	listedBare atomic.Bool
 
 	aliasKey fs.StableAttr // the alias this node registered; guarded by fs.aliasMu
 }
@@ -452,19 +457,57 @@ func (n *node) typ() index.Type {
 func (n *node) linked() bool { return !n.isDir() && n.nlink > 1 }
 
 func (n *cowNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	in, errno := n.lookup(ctx, name, out)
+	if errno == 0 && n.listedBare.Load() && !in.IsDir() && n.listedBare.CompareAndSwap(true, false) {
+		n.fs.plus.miss()
+	}
+	return in, errno
+}
+
+// lookup finds name in n for a LOOKUP or a READDIRPLUS entry.
+func (n *cowNode) lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	f := n.fs
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	d, dirRel, errno := f.entry(n, name)
-	if errno != 0 {
-		return nil, errno
+	var d dentry
+	if n.upper {
+		var dirRel string
+		var errno syscall.Errno
+		if d, dirRel, errno = f.entry(n, name); errno != 0 {
+			return nil, errno
+		}
+		if !d.exists() {
+			return nil, syscall.ENOENT
+		}
+		c := f.newChild(&d)
+		f.fillEntry(&d, c, out)
+		return n.NewInode(ctx, c, f.identity(&d, path.Join(dirRel, name))), 0
 	}
-	if !d.exists() {
+	// A directory shown from the lower tree alone: its path is needed
+	// only to tell the names of a linked file apart. A READDIRPLUS looks
+	// up every entry of a listing, so this is the common case of a walk.
+	if !n.IsRoot() {
+		if _, p := n.Parent(); p == nil {
+			return nil, syscall.ENOENT // removed while in use
+		}
+	}
+	if len(name) > nameMax {
+		return nil, syscall.ENAMETOOLONG
+	}
+	if d.lower = n.lower.children[name]; d.lower == nil {
 		return nil, syscall.ENOENT
+	}
+	rel := ""
+	if d.lower.linked() {
+		dirRel, ok := n.rel()
+		if !ok {
+			return nil, syscall.ENOENT
+		}
+		rel = path.Join(dirRel, name)
 	}
 	c := f.newChild(&d)
 	f.fillEntry(&d, c, out)
-	return n.NewInode(ctx, c, f.identity(&d, path.Join(dirRel, name))), 0
+	return n.NewInode(ctx, c, f.identity(&d, rel)), 0
 }
 
 func (n *cowNode) OnForget() {
@@ -568,12 +611,23 @@ type dirHandle struct {
 	n  *cowNode
 	fd int // the upper directory, open; -1 for none
 
-	mu sync.Mutex // guards ds
-	ds fs.DirStream
+	mu   sync.Mutex // guards ds and plus
+	ds   fs.DirStream
+	plus listingPlus
 }
+
+// listingPlus is what a listing's READDIRPLUS replies describe.
+type listingPlus uint8
+
+const (
+	plusUndecided listingPlus = iota
+	plusAll                   // every entry's attributes
+	plusDirs                  // the subdirectories' alone (plusPolicy)
+)
 
 var (
 	_ fs.FileReaddirenter = (*dirHandle)(nil)
+	_ fs.FileLookuper     = (*dirHandle)(nil)
 	_ fs.FileSeekdirer    = (*dirHandle)(nil)
 	_ fs.FileReleasedirer = (*dirHandle)(nil)
 	_ fs.FileFsyncdirer   = (*dirHandle)(nil)
@@ -611,6 +665,39 @@ func (h *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 	return &e, errno
 }
 
+// Lookup describes an entry of a READDIRPLUS reply. An entry it answers
+// with an error goes out without attributes (node ID 0), which the kernel
+// takes as "ask later", not as absence: so are the files of a lower-only
+// directory when plusPolicy says so.
+func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	n, f := h.n, h.n.fs
+	h.mu.Lock()
+	if h.plus == plusUndecided {
+		h.plus = plusAll
+		f.mu.RLock()
+		lowerOnly := !n.upper && n.lower != nil
+		f.mu.RUnlock()
+		if lowerOnly && f.plus.bare() {
+			h.plus = plusDirs
+			n.listedBare.Store(true)
+		}
+	}
+	bare := h.plus == plusDirs
+	h.mu.Unlock()
+	if bare {
+		f.mu.RLock()
+		var c *node
+		if !n.upper { // else copied up since: describe it as it is now
+			c = n.lower.children[name]
+		}
+		f.mu.RUnlock()
+		if c != nil && !c.isDir() {
+			return nil, syscall.ENOENT
+		}
+	}
+	return n.lookup(ctx, name, out)
+}
+
 func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -643,6 +730,19 @@ func (h *dirHandle) Releasedir(ctx context.Context, flags uint32) {
 // list returns the merged view of the directory at rel, sorted by name.
 // The caller holds mu.
 func (f *cowFS) list(up bool, lower *node, rel string) ([]fuse.DirEntry, syscall.Errno) {
+	if !up {
+		if lower == nil {
+			return nil, 0
+		}
+		// Most of an image is never written to: its directories are
+		// the tree's, already sorted.
+		kids := f.tree.sorted(lower)
+		out := make([]fuse.DirEntry, len(kids))
+		for i, c := range kids {
+			out[i] = fuse.DirEntry{Name: c.name, Mode: typeBits(c.n.typ()), Ino: c.n.ino}
+		}
+		return out, 0
+	}
 	var out []fuse.DirEntry
 	taken := map[string]bool{} // names the upper part has, whiteouts included
 	if up {

@@ -1,7 +1,6 @@
 package fusefs
 
 import (
-	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -81,12 +80,19 @@ type Mount struct {
 	server *fuse.Server
 	dev    uint64 // the mount's device number: its FUSE connection
 	log    *slog.Logger
+	ro     *roFS // the read-only file system; nil for a writable mount
 }
 
 // MountLayers merges the layers (bottom first) and mounts the union at dir,
 // writable if cfg.UpperDir is set. It returns once the kernel serves the
 // mount. The caller must Unmount.
 func MountLayers(dir string, layers []*index.Index, src FrameSource, cfg Config) (*Mount, error) {
+	return mount(dir, layers, src, cfg, nil)
+}
+
+// mount is MountLayers; wrap, if not nil, wraps the file system the
+// FUSE server calls (tests count requests with it).
+func mount(dir string, layers []*index.Index, src FrameSource, cfg Config, wrap func(fuse.RawFileSystem) fuse.RawFileSystem) (*Mount, error) {
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -96,10 +102,6 @@ func MountLayers(dir string, layers []*index.Index, src FrameSource, cfg Config)
 		return nil, fmt.Errorf("merge layers: %w", err)
 	}
 	fsys := &fileSystem{layers: layers, src: src, tree: t, log: log, onEIO: cfg.OnIOError, noXattrs: cfg.UpperDir == "" && !hasXattrs(layers)}
-	timeout := cfg.CacheTimeout
-	if timeout <= 0 {
-		timeout = time.Hour
-	}
 	maxRead := cfg.MaxRead
 	if maxRead <= 0 {
 		maxRead = 1<<20 - 4096
@@ -108,35 +110,38 @@ func MountLayers(dir string, layers []*index.Index, src FrameSource, cfg Config)
 	if name == "" {
 		name = "lazyfs"
 	}
-	opts := &fs.Options{
-		MountOptions: fuse.MountOptions{
-			DirectMount:  true,
-			FsName:       name,
-			Name:         "lazyfs",
-			MaxWrite:     maxRead,
-			MaxReadAhead: maxRead,
-			// The kernel checks permissions from the modes we report, as
-			// on any local file system; "ro" makes it refuse writes itself.
-			Options: []string{"ro", "default_permissions"},
-			// Containers run programs as any user: let the kernel's
-			// permission checks (default_permissions) decide, not the
-			// mounter's uid.
-			AllowOther: true,
-			Debug:      cfg.Debug,
-		},
-		EntryTimeout:    &timeout,
-		AttrTimeout:     &timeout,
-		NegativeTimeout: &timeout,
-		NullPermissions: true,
-		RootStableAttr:  &fs.StableAttr{Ino: t.root.ino},
+	mo := fuse.MountOptions{
+		DirectMount:  true,
+		FsName:       name,
+		Name:         "lazyfs",
+		MaxWrite:     maxRead,
+		MaxReadAhead: maxRead,
+		// The kernel checks permissions from the modes we report, as
+		// on any local file system; "ro" makes it refuse writes itself.
+		Options: []string{"ro", "default_permissions"},
+		// Containers run programs as any user: let the kernel's
+		// permission checks (default_permissions) decide, not the
+		// mounter's uid.
+		AllowOther: true,
+		Debug:      cfg.Debug,
 	}
-	var root fs.InodeEmbedder
+	if cfg.Setuid {
+		// go-fuse reads zero as "nosuid,nodev"; the kernel ignores this
+		// magic value, leaving no flags.
+		mo.DirectMountFlags = unix.MS_MGC_VAL
+	}
+	var raw fuse.RawFileSystem
+	var ro *roFS
 	if cfg.UpperDir == "" {
-		lower := &lowerNode{n: t.root, fs: fsys}
-		opts.OnAdd = func(ctx context.Context) {
-			fsys.populate(ctx, &lower.Inode, t.root, map[*node]*fs.Inode{})
+		timeout := cfg.CacheTimeout
+		if timeout <= 0 {
+			timeout = time.Hour
 		}
-		root = lower
+		// A symlink's target never changes: the kernel may keep it
+		// rather than ask at every path walk through the link.
+		mo.EnableSymlinkCaching = true
+		ro = newROFS(fsys, timeout)
+		raw = ro
 	} else {
 		cow, err := newCowFS(fsys, cfg)
 		if err != nil {
@@ -150,20 +155,26 @@ func MountLayers(dir string, layers []*index.Index, src FrameSource, cfg Config)
 			wt = 0
 		}
 		cow.timeout = wt
-		opts.Options = []string{"default_permissions"}
-		// Each reply carries its own timeouts (cow.go): a lower name
-		// with several hard links must not be cached at all.
-		opts.EntryTimeout, opts.AttrTimeout = nil, nil
-		opts.NegativeTimeout = &wt
-		root = cow.root
+		mo.Options = []string{"default_permissions"}
+		raw = fs.NewNodeFS(cow.root, &fs.Options{
+			MountOptions: mo,
+			// Each reply carries its own entry and attribute timeouts
+			// (cow.go): a lower name with several hard links must not
+			// be cached at all.
+			NegativeTimeout: &wt,
+			NullPermissions: true,
+			RootStableAttr:  &fs.StableAttr{Ino: t.root.ino},
+		})
 	}
-	if cfg.Setuid {
-		// go-fuse reads zero as "nosuid,nodev"; the kernel ignores this
-		// magic value, leaving no flags.
-		opts.DirectMountFlags = unix.MS_MGC_VAL
+	if wrap != nil {
+		raw = wrap(raw)
 	}
-	server, err := fs.Mount(dir, root, opts)
+	server, err := fuse.NewServer(raw, dir, &mo)
 	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", dir, err)
+	}
+	go server.Serve()
+	if err := server.WaitMount(); err != nil {
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
 	closeFuseOnExec(log)
@@ -172,7 +183,7 @@ func MountLayers(dir string, layers []*index.Index, src FrameSource, cfg Config)
 		server.Unmount() //nolint:errcheck // the stat's error says more
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
-	return &Mount{Dir: dir, server: server, dev: st.Dev, log: log}, nil
+	return &Mount{Dir: dir, server: server, dev: st.Dev, log: log, ro: ro}, nil
 }
 
 // closeFuseOnExec marks this process's /dev/fuse descriptors close-on-exec.
@@ -192,28 +203,6 @@ func closeFuseOnExec(log *slog.Logger) {
 		}
 		if target, err := os.Readlink("/proc/self/fd/" + d.Name()); err == nil && target == "/dev/fuse" {
 			unix.CloseOnExec(fd)
-		}
-	}
-}
-
-// populate creates the kernel-visible inodes for the whole tree up front:
-// the tree is immutable and already in memory, and persistent inodes keep
-// go-fuse from forgetting parts of it under memory pressure.
-func (f *fileSystem) populate(ctx context.Context, parent *fs.Inode, dir *node, made map[*node]*fs.Inode) {
-	for _, name := range sortedNames(dir.children) {
-		c := dir.children[name]
-		ino, ok := made[c]
-		if !ok {
-			mode := uint32(fuse.S_IFDIR)
-			if c.entry != nil {
-				mode = typeBits(c.entry.Type)
-			}
-			ino = parent.NewPersistentInode(ctx, &lowerNode{n: c, fs: f}, fs.StableAttr{Mode: mode, Ino: c.ino})
-			made[c] = ino
-		}
-		parent.AddChild(name, ino, false)
-		if c.isDir() {
-			f.populate(ctx, ino, c, made)
 		}
 	}
 }
@@ -271,6 +260,12 @@ const unmountGrace = 5 * time.Second
 func (m *Mount) unmounted(err error) error {
 	if err != nil {
 		return fmt.Errorf("unmount %s: %w", m.Dir, err)
+	}
+	if m.ro != nil {
+		// The connection is gone: a push or relist still under way
+		// fails at once.
+		m.ro.waitPushes()
+		m.ro.waitRelist()
 	}
 	return nil
 }

@@ -5,46 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"syscall"
 
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/lazyfs/lazyfs/index"
 )
-
-// lowerNode serves one node of the merged tree read-only.
-type lowerNode struct {
-	fs.Inode
-	n  *node
-	fs *fileSystem
-}
-
-var (
-	_ fs.NodeGetattrer   = (*lowerNode)(nil)
-	_ fs.NodeOpener      = (*lowerNode)(nil)
-	_ fs.NodeReader      = (*lowerNode)(nil)
-	_ fs.NodeReadlinker  = (*lowerNode)(nil)
-	_ fs.NodeGetxattrer  = (*lowerNode)(nil)
-	_ fs.NodeListxattrer = (*lowerNode)(nil)
-	_ fs.NodeStatfser    = (*lowerNode)(nil)
-)
-
-func (l *lowerNode) Getattr(ctx context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	l.fs.fillAttr(l.n, &out.Attr)
-	return 0
-}
-
-func (l *lowerNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
-		return nil, 0, syscall.EROFS
-	}
-	l.fs.opened(l.n)
-	// Lower files never change: let the kernel keep their pages.
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
-}
 
 // opened tells the frame source, if it is a FileOpener, that the lower
 // regular file n is being opened (sparse files are left out: their
@@ -56,12 +23,14 @@ func (f *fileSystem) opened(n *node) {
 	}
 }
 
-func (l *lowerNode) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	return l.fs.read(ctx, l.n, dest, off)
-}
-
 // read reads the content of a lower regular file.
 func (f *fileSystem) read(ctx context.Context, n *node, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	return f.readFrames(ctx, n, dest, off, nil)
+}
+
+// readFrames is read; used, if not nil, is called with each frame the
+// read took bytes from (its number in the node's layer, and its bytes).
+func (f *fileSystem) readFrames(ctx context.Context, n *node, dest []byte, off int64, used func(i int, data []byte)) (fuse.ReadResult, syscall.Errno) {
 	e := n.entry
 	if e == nil || e.Type != index.TypeReg {
 		return nil, syscall.EISDIR
@@ -76,7 +45,7 @@ func (f *fileSystem) read(ctx context.Context, n *node, dest []byte, off int64) 
 			clear(buf)
 			continue
 		}
-		if frame, err := f.readStream(ctx, x, p.Stream, buf); err != nil {
+		if frame, err := f.readStream(ctx, x, p.Stream, buf, used); err != nil {
 			return nil, f.errno(ctx, "read", e.Path, err, slog.Int64("off", off), slog.Int("frame", frame))
 		}
 	}
@@ -84,8 +53,9 @@ func (f *fileSystem) read(ctx context.Context, n *node, dest []byte, off int64) 
 }
 
 // readStream fills buf with the layer's uncompressed tar stream from off,
-// frame by frame. On failure it returns the frame that failed.
-func (f *fileSystem) readStream(ctx context.Context, x *index.Index, off int64, buf []byte) (int, error) {
+// frame by frame, calling used (if not nil) with each. On failure it
+// returns the frame that failed.
+func (f *fileSystem) readStream(ctx context.Context, x *index.Index, off int64, buf []byte, used func(i int, data []byte)) (int, error) {
 	first, end := x.FramesFor(off, int64(len(buf)))
 	got := 0
 	for i := first; i < end; i++ {
@@ -98,64 +68,14 @@ func (f *fileSystem) readStream(ctx context.Context, x *index.Index, off int64, 
 			return i, fmt.Errorf("frame %d: %w: %d bytes, no byte %d", i, index.ErrCorrupt, len(data), from)
 		}
 		got += copy(buf[got:], data[from:])
+		if used != nil {
+			used(i, data)
+		}
 	}
 	if got != len(buf) {
 		return end - 1, fmt.Errorf("stream [%d,+%d): %w: frames [%d,%d) hold %d of its bytes", off, len(buf), index.ErrCorrupt, first, end, got)
 	}
 	return 0, nil
-}
-
-func (l *lowerNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	if e := l.n.entry; e != nil && e.Type == index.TypeSymlink {
-		return []byte(e.Linkname), 0
-	}
-	return nil, syscall.EINVAL
-}
-
-func (l *lowerNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	if l.fs.noXattrs {
-		return 0, syscall.ENOSYS
-	}
-	if l.n.entry == nil {
-		return 0, syscall.ENODATA
-	}
-	for _, x := range l.n.entry.Xattrs {
-		if x.Name == attr {
-			if len(dest) < len(x.Value) {
-				return uint32(len(x.Value)), syscall.ERANGE
-			}
-			return uint32(copy(dest, x.Value)), 0
-		}
-	}
-	return 0, syscall.ENODATA
-}
-
-func (l *lowerNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	if l.fs.noXattrs {
-		return 0, syscall.ENOSYS
-	}
-	if l.n.entry == nil {
-		return 0, 0
-	}
-	var b strings.Builder
-	for _, x := range l.n.entry.Xattrs {
-		b.WriteString(x.Name)
-		b.WriteByte(0)
-	}
-	if len(dest) < b.Len() {
-		return uint32(b.Len()), syscall.ERANGE
-	}
-	return uint32(copy(dest, b.String())), 0
-}
-
-func (l *lowerNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
-	const bsize = 4096
-	out.Bsize = bsize
-	out.Frsize = bsize
-	out.Blocks = uint64(l.fs.tree.bytes+bsize-1) / bsize
-	out.Files = uint64(l.fs.tree.nodes)
-	out.NameLen = 255
-	return 0
 }
 
 // fillAttr describes a node as stat(2) shows it.

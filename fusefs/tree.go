@@ -26,11 +26,30 @@ type node struct {
 
 func (n *node) isDir() bool { return n.children != nil }
 
-// tree is the union of an image's layers, bottom layer first.
+// tree is the union of an image's layers, bottom layer first. It does not
+// change once mergeLayers has returned it.
 type tree struct {
 	root  *node
 	nodes int
 	bytes int64 // content bytes of all distinct regular files
+
+	byIno []*node // inode number → node; [0] is nil
+	// kids holds every directory's children sorted by name, directory
+	// after directory: those of the directory with inode number i are
+	// kids[kidsAt[i]:][:len(children)]. Listings go by position in it.
+	kids   []child
+	kidsAt []uint32
+}
+
+// child is a name in a directory and the node it names.
+type child struct {
+	name string
+	n    *node
+}
+
+// sorted returns a directory's children sorted by name.
+func (t *tree) sorted(dir *node) []child {
+	return t.kids[t.kidsAt[dir.ino]:][:len(dir.children)]
 }
 
 // mergeLayers applies the layers' file tables in order with OCI semantics:
@@ -198,16 +217,17 @@ func (t *tree) add(layer int, e *index.Entry, log *slog.Logger) error {
 }
 
 // number gives every distinct node an inode number (the root is 1) and
-// counts links, walking in a fixed order so numbers are stable per image.
+// counts links, walking in a fixed order so numbers are stable per image,
+// and lays out the sorted children of every directory.
 func (t *tree) number() {
-	next := uint64(1)
+	t.byIno = []*node{nil}
 	var walk func(n *node)
 	seen := map[*node]bool{}
 	walk = func(n *node) {
 		if !seen[n] {
 			seen[n] = true
-			n.ino = next
-			next++
+			n.ino = uint64(len(t.byIno))
+			t.byIno = append(t.byIno, n)
 			t.nodes++
 			n.nlink = 0
 			if n.entry != nil && n.entry.Type == index.TypeReg {
@@ -219,13 +239,19 @@ func (t *tree) number() {
 			return
 		}
 		n.nlink = 2
+		at := len(t.kids)
+		t.kidsAt = append(t.kidsAt, make([]uint32, len(t.byIno)-len(t.kidsAt))...)
+		t.kidsAt[n.ino] = uint32(at)
 		for _, name := range sortedNames(n.children) {
-			c := n.children[name]
-			if c.isDir() {
+			t.kids = append(t.kids, child{name, n.children[name]})
+		}
+		for _, c := range t.kids[at:][:len(n.children)] {
+			if c.n.isDir() {
 				n.nlink++
 			}
-			walk(c)
+			walk(c.n)
 		}
 	}
 	walk(t.root)
+	t.kidsAt = append(t.kidsAt, make([]uint32, len(t.byIno)-len(t.kidsAt))...)
 }

@@ -50,6 +50,22 @@ func (e *Entry) Pieces(off, n int64) []Piece {
 	return out
 }
 
+// Within tells where an ordinary regular file's content meets the
+// uncompressed stream range [off, off+n), a frame's say: the file's bytes
+// [fileOff, fileOff+size) are the range's bytes [at, at+size). size is 0
+// when they do not meet, and for a sparse file, whose content is not one
+// run of the stream.
+func (e *Entry) Within(off, n int64) (fileOff, at, size int64) {
+	if e.Sparse != nil || n <= 0 {
+		return 0, 0, 0
+	}
+	lo, hi := max(off, e.Offset), min(off+n, e.Offset+e.Size)
+	if hi <= lo {
+		return 0, 0, 0
+	}
+	return lo - e.Offset, lo - off, hi - lo
+}
+
 // StoredSize returns how many bytes of the tar stream, from Offset, hold
 // the entry's content: Size for an ordinary file, the sum of the fragments
 // for a sparse one.

@@ -91,3 +91,34 @@ func TestStoredSize(t *testing.T) {
 		t.Errorf("StoredSize() of a sparse file = %d, want 17", got)
 	}
 }
+
+func TestWithin(t *testing.T) {
+	// A 100-byte file whose content starts at stream offset 1000.
+	plain := Entry{Type: TypeReg, Size: 100, Offset: 1000}
+	sparse := Entry{Type: TypeReg, Size: 100, Offset: 1000, Sparse: []Extent{{10, 10}}}
+	empty := Entry{Type: TypeReg, Offset: 1000}
+	for _, tc := range []struct {
+		name           string
+		e              *Entry
+		off, n         int64
+		file, at, size int64
+	}{
+		{"range holds the file", &plain, 900, 400, 0, 100, 100},
+		{"file holds the range", &plain, 1010, 20, 10, 0, 20},
+		{"range ends inside the file", &plain, 950, 60, 0, 50, 10},
+		{"range starts inside the file", &plain, 1090, 50, 90, 0, 10},
+		{"exactly the file", &plain, 1000, 100, 0, 0, 100},
+		{"range before the file", &plain, 0, 1000, 0, 0, 0},
+		{"range after the file", &plain, 1100, 10, 0, 0, 0},
+		{"empty range", &plain, 1010, 0, 0, 0, 0},
+		{"empty file", &empty, 900, 400, 0, 0, 0},
+		{"sparse file", &sparse, 900, 400, 0, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			file, at, size := tc.e.Within(tc.off, tc.n)
+			if file != tc.file || at != tc.at || size != tc.size {
+				t.Errorf("Within(%d, %d) = %d, %d, %d, want %d, %d, %d", tc.off, tc.n, file, at, size, tc.file, tc.at, tc.size)
+			}
+		})
+	}
+}
