@@ -147,6 +147,17 @@ func (s *Store) fill(ctx context.Context, h string, size int64, load func(contex
 	case <-s.stop.Done():
 		return nil, 0, fmt.Errorf("cache: load frame sha256:%s: %w", h, ErrClosed)
 	}
+	// Another process using the root may be loading it: wait for that a
+	// while, then take the lock for this load (see framelock.go).
+	if s.waitUnlocked(ctx, h, lockPatience) {
+		if b, ok := s.readDisk(h, size); ok {
+			<-s.loadSem
+			s.memSet(h, b)
+			return b, fromDisk, nil
+		}
+	}
+	unlock, _ := s.tryLock(h)
+	defer unlock()
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.timeout)
 	unhook := context.AfterFunc(s.stop, cancel)
 	start := time.Now()

@@ -84,27 +84,16 @@ func (t *drainTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	b, rerr := io.ReadAll(io.LimitReader(resp.Body, errorBodyMax+1))
 	if rerr != nil || len(b) > errorBodyMax {
-		// Hand over what was read and the rest, as it came.
+		// Hand over what was read, then the rest (or its error) as it comes.
 		resp.Body = struct {
 			io.Reader
 			io.Closer
-		}{io.MultiReader(bytes.NewReader(b), errReader{rerr}, resp.Body), resp.Body}
+		}{io.MultiReader(bytes.NewReader(b), resp.Body), resp.Body}
 		return resp, nil
 	}
 	resp.Body.Close()
 	resp.Body = io.NopCloser(bytes.NewReader(b))
 	return resp, nil
-}
-
-// errReader returns err, or io.EOF when err is nil (then the reader after
-// it in a MultiReader goes on).
-type errReader struct{ err error }
-
-func (r errReader) Read([]byte) (int, error) {
-	if r.err != nil {
-		return 0, r.err
-	}
-	return 0, io.EOF
 }
 
 type guardTransport struct {

@@ -221,15 +221,6 @@ func (s *Source) frame(ctx context.Context, x *index.Index, i int) (_ []byte, fe
 			if x.Format == index.FormatZstd {
 				return s.streamed(ctx, x, i)
 			}
-			// Another process using the cache (another container's
-			// supervisor) may be fetching it: wait for that a while.
-			if s.store.WaitFrameUnlocked(ctx, f.Digest, inflightPatience) {
-				if data, ok := s.store.Cached(f.Digest, f.Size); ok {
-					return data, nil
-				}
-			}
-			unlock, _ := s.store.TryLockFrame(f.Digest)
-			defer unlock()
 			start := time.Now()
 			comp, win, err := s.readFrame(ctx, x, i)
 			if err != nil {

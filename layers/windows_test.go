@@ -9,9 +9,26 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/lazyfs/lazyfs/cache"
 	"github.com/lazyfs/lazyfs/fetch"
 	"github.com/lazyfs/lazyfs/index"
 )
+
+// pushedIndexes builds e's layer indexes and pushes them, and returns them
+// with a fresh root's store and a resolver on it: a root that finds the
+// indexes in the registry.
+func pushedIndexes(t *testing.T, e *env) ([]Layer, *cache.Store, *Resolver) {
+	t.Helper()
+	built, err := e.r.Build(t.Context(), e.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.r.Push(t.Context(), e.img, built); err != nil {
+		t.Fatal(err)
+	}
+	store := openStore(t, t.TempDir())
+	return built, store, NewResolver(Config{Client: e.client, Store: store})
+}
 
 // TestLazyWindows pushes the indexes, then on fresh roots: finds them
 // fetching only each gzip index's toc, reads frames fetching each window
@@ -21,16 +38,7 @@ import (
 func TestLazyWindows(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	built, err := e.r.Build(ctx, e.img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.r.Push(ctx, e.img, built); err != nil {
-		t.Fatal(err)
-	}
-	root := t.TempDir()
-	store := openStore(t, root)
-	fresh := NewResolver(Config{Client: e.client, Store: store})
+	built, store, fresh := pushedIndexes(t, e)
 	lks, err := fresh.Inspect(ctx, e.img)
 	if err != nil {
 		t.Fatal(err)
@@ -150,15 +158,7 @@ func TestLazyWindows(t *testing.T) {
 func TestPrefetchFetchesWindowsOfARun(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
-	built, err := e.r.Build(ctx, e.img)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.r.Push(ctx, e.img, built); err != nil {
-		t.Fatal(err)
-	}
-	store := openStore(t, t.TempDir())
-	fresh := NewResolver(Config{Client: e.client, Store: store})
+	_, store, fresh := pushedIndexes(t, e)
 	ls, err := fresh.Layers(ctx, e.img)
 	if err != nil {
 		t.Fatal(err)
