@@ -45,6 +45,13 @@ type Append struct {
 	// Author replaces the config's author (docker commit --author sets it,
 	// and clears it when not given).
 	Author string
+	// Config, when set, replaces the base's container config (command,
+	// environment, user, ports, volumes, labels, stop signal): docker
+	// commit writes the container's. Fields the OCI config lacks
+	// (healthcheck, shell) are kept from the base.
+	Config *ocispec.ImageConfig
+	// OnBuild are ONBUILD triggers added to the base's.
+	OnBuild []string
 }
 
 // ValidatePushRef checks that ref can be pushed to: a repository with a
@@ -150,6 +157,12 @@ func (c *Client) PushAppend(ctx context.Context, ref string, a Append) (*Image, 
 	}
 	cf.Created = v1.Time{Time: timeOr(a.Created, time.Now()).UTC()}
 	cf.Author = a.Author
+	if c := a.Config; c != nil {
+		cf.Config.Cmd, cf.Config.Entrypoint, cf.Config.Env = c.Cmd, c.Entrypoint, c.Env
+		cf.Config.User, cf.Config.WorkingDir, cf.Config.StopSignal = c.User, c.WorkingDir, c.StopSignal
+		cf.Config.Labels, cf.Config.Volumes, cf.Config.ExposedPorts = c.Labels, c.Volumes, c.ExposedPorts
+	}
+	cf.Config.OnBuild = append(cf.Config.OnBuild, a.OnBuild...)
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return fail(err)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/lazyfs/lazyfs/fetch"
 	"github.com/lazyfs/lazyfs/index"
 	"github.com/lazyfs/lazyfs/layers"
+	"github.com/lazyfs/lazyfs/runtime/spec"
 )
 
 // ErrUpperUnsupported is wrapped when a container's upper directory holds
@@ -34,6 +35,9 @@ var ErrUpperUnsupported = errors.New("upper layer cannot be committed")
 type CommitOptions struct {
 	Message string // the new history entry's comment (-m)
 	Author  string // the config's and the history entry's author (-a)
+	// Changes are -c/--change: Dockerfile instructions applied to the
+	// new image's config (see spec.Change).
+	Changes []string
 }
 
 // Commit makes an image of a stopped container, as docker commit does: its
@@ -44,10 +48,12 @@ type CommitOptions struct {
 // base's from the local store or the base's own index artifact, the new
 // layer's built from the file just written), so it runs lazily at once.
 //
-// The image config is the base image's with the new diff_id and a history
-// entry appended; unlike docker commit it does not take the container's
-// command, environment or other run options into the config, and there is
-// no --change. A running container is refused (docker would pause it).
+// The image config is the container's, as docker commit writes it: the
+// base image's with the command, environment, user, working directory,
+// anonymous volumes, published ports and stop signal the container ran
+// with (spec.CommitConfig), then opt.Changes applied, the new diff_id and
+// a history entry appended. A running container is refused (docker would
+// pause it).
 // Returns the pushed image. If only the index artifact failed, the image
 // is returned with the error.
 func (r *Runtime) Commit(ctx context.Context, c *Container, ref string, opt CommitOptions) (*fetch.Image, error) {
@@ -81,6 +87,11 @@ func (r *Runtime) Commit(ctx context.Context, c *Container, ref string, opt Comm
 		return nil, fmt.Errorf("commit %s: base image: %w", c.Name, err)
 	}
 
+	change, err := commitConfig(c, base, opt.Changes)
+	if err != nil {
+		return nil, fmt.Errorf("commit %s: %w", c.Name, err)
+	}
+
 	start := time.Now()
 	lf, err := writeLayerFile(ctx, c.UpperDir(), c.Dir())
 	if err != nil {
@@ -104,6 +115,8 @@ func (r *Runtime) Commit(ctx context.Context, c *Container, ref string, opt Comm
 		History: ocispec.History{Created: &now, CreatedBy: createdBy, Author: opt.Author, Comment: opt.Message},
 		Created: now,
 		Author:  opt.Author,
+		Config:  &change.Config,
+		OnBuild: change.OnBuild,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("commit %s: %w", c.Name, err)
@@ -126,6 +139,27 @@ func (r *Runtime) Commit(ctx context.Context, c *Container, ref string, opt Comm
 		return img, fmt.Errorf("commit %s: image pushed as %s, but not its indexes: %w", c.Name, img.Digest, err)
 	}
 	return img, nil
+}
+
+// commitConfig is the config of the image c's commit makes on base, with
+// the --change values applied.
+func commitConfig(c *Container, base *fetch.Image, changes []string) (*spec.Change, error) {
+	cfg, err := spec.CommitConfig(base.Config.Config, c.Spec.Process, c.Spec.Ports, c.Spec.StopSignal)
+	if err != nil {
+		return nil, err
+	}
+	change := &spec.Change{Config: cfg}
+	for _, ch := range changes {
+		if err := change.Apply(ch); err != nil {
+			return nil, err
+		}
+	}
+	if s := change.Config.StopSignal; s != "" {
+		if _, err := ParseSignal(s); err != nil {
+			return nil, fmt.Errorf("%w: STOPSIGNAL %s: %w", spec.ErrInvalidChange, s, err)
+		}
+	}
+	return change, nil
 }
 
 // indexLayerFile builds the index of the layer just written and keeps it

@@ -22,10 +22,13 @@ func newCommitCommand(g *cli.Globals) *cobra.Command {
 was created from and pushes the result to REPOSITORY[:TAG], with its layer
 indexes, so the new image runs lazily at once. Prints the new image's digest.
 
+The new image's config is the container's: the command, environment, user,
+working directory, anonymous volumes, published ports and stop signal it ran
+with, then each --change applied. A change is a Dockerfile instruction: CMD,
+ENTRYPOINT, ENV, EXPOSE, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME or WORKDIR.
+
 As docker commit, but: the container must be stopped (lazyrun does not pause
-a running one), the image is pushed (there is no local image store), the
-config is the base image's (the container's command, environment and other
-run options are not taken into it), and there is no --change.`,
+a running one) and the image is pushed (there is no local image store).`,
 		Args: cli.ExactArgs(2, "a container and a repository[:tag]"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref := args[1]
@@ -54,5 +57,6 @@ run options are not taken into it), and there is no --change.`,
 	f := cmd.Flags()
 	f.StringVarP(&opt.Message, "message", "m", "", "commit message (the history entry's comment)")
 	f.StringVarP(&opt.Author, "author", "a", "", `author (e.g. "Jane Doe <jane@example.com>")`)
+	f.StringArrayVarP(&opt.Changes, "change", "c", nil, `apply a Dockerfile instruction to the image's config (e.g. 'CMD ["sh"]', 'ENV A=b')`)
 	return cmd
 }

@@ -233,3 +233,56 @@ func TestCommitErrors(t *testing.T) {
 		t.Errorf("commit of a running container printed %q", r.stdout)
 	}
 }
+
+// The committed image's config is the container's, as docker commit
+// writes it, with --change applied: a later run of it without a command
+// runs what the container ran, with its environment, directory and user.
+func TestCommitConfig(t *testing.T) {
+	testutil.RequireFUSE(t, "containers")
+	reg := testutil.StartRegistry(t)
+	layer := testutil.WriteLayerDir(t, testutil.BusyboxRoot(t), types.OCILayer)
+	ref, _ := testutil.PushImage(t, reg.Addr, "busybox", []testutil.Layer{layer},
+		testutil.ImageConfig{Config: v1.Config{Env: []string{"PATH=/bin", "KEEP=image"}, Cmd: []string{"sh"}}})
+	e := &env{root: t.TempDir(), ref: ref}
+	t.Cleanup(func() { e.checkClean(t) })
+
+	show := `echo "$GREETING $B $KEEP $(pwd) $(id -u)"`
+	e.mustRun(t, "run", "--name", "cfg", "-e", "GREETING=hi", "-w", "/tmp", "-u", "65534",
+		"--stop-signal", "SIGUSR1", "-v", "/cache", ref, "sh", "-c", show)
+	newRef := reg.Addr + "/configured:v1"
+	if r := e.lazyrun(t, "", "commit", "-c", "FROM scratch", "cfg", newRef); r.code != 1 ||
+		!strings.Contains(r.stderr, "FROM is not a valid change command") {
+		t.Errorf("commit -c 'FROM scratch' = exit %d, %q; want 1, not a valid change command", r.code, r.stderr)
+	}
+	e.mustRun(t, "commit", "-c", "ENV B=${GREETING}-2", "-c", "LABEL org.example.k=v", "-c", "EXPOSE 8080 53/udp",
+		"--change", "ONBUILD RUN true", "cfg", newRef)
+
+	var m ocispec.Manifest
+	registryJSON(t, reg, "configured/manifests/v1", &m)
+	var cfg struct {
+		Config struct {
+			ocispec.ImageConfig
+			OnBuild []string
+		} `json:"config"`
+	}
+	registryJSON(t, reg, "configured/blobs/"+m.Config.Digest.String(), &cfg)
+	c := cfg.Config
+	if got, want := strings.Join(c.Env, " "), "GREETING=hi PATH=/bin KEEP=image B=hi-2"; got != want {
+		t.Errorf("Env = %q, want %q", got, want)
+	}
+	if got := strings.Join(c.Cmd, "|"); got != "sh|-c|"+show || c.WorkingDir != "/tmp" || c.User != "65534" || c.StopSignal != "SIGUSR1" {
+		t.Errorf("Cmd %q, WorkingDir %q, User %q, StopSignal %q: want the container's", got, c.WorkingDir, c.User, c.StopSignal)
+	}
+	_, vol := c.Volumes["/cache"]
+	_, tcp := c.ExposedPorts["8080/tcp"]
+	_, udp := c.ExposedPorts["53/udp"]
+	if !vol || !tcp || !udp || c.Labels["org.example.k"] != "v" || strings.Join(c.OnBuild, "|") != "RUN true" {
+		t.Errorf("Volumes %v, ExposedPorts %v, Labels %v, OnBuild %q", c.Volumes, c.ExposedPorts, c.Labels, c.OnBuild)
+	}
+
+	fresh := &env{root: t.TempDir(), ref: newRef}
+	t.Cleanup(func() { fresh.checkClean(t) })
+	if r := fresh.lazyrun(t, "", "run", "--rm", newRef); r.code != 0 || r.stdout != "hi hi-2 image /tmp 65534\n" {
+		t.Errorf("run %s = exit %d, %q (stderr %s); want the committed command's output", newRef, r.code, r.stdout, r.stderr)
+	}
+}

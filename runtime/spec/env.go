@@ -144,16 +144,7 @@ func lookupEnv(env []string, key string) (string, bool) {
 //  3. duplicates dropped, keeping the last one at its position, and HOME
 //     appended from home when unset or empty (runc: prepareEnv).
 func containerEnv(image, user []string, hostname string, tty bool, home string) ([]string, error) {
-	merged := slices.Clone(user)
-	for _, ie := range image {
-		ik, _, _ := strings.Cut(ie, "=")
-		if !slices.ContainsFunc(user, func(ue string) bool {
-			uk, _, _ := strings.Cut(ue, "=")
-			return uk == ik
-		}) {
-			merged = append(merged, ie)
-		}
-	}
+	merged := mergeEnv(user, image)
 
 	env := []string{"PATH=" + DefaultPath, "HOSTNAME=" + hostname}
 	if tty {
