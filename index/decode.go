@@ -29,7 +29,10 @@ func (x *Index) DecodeFrameWith(i int, compressed, window []byte) ([]byte, error
 		return nil, fmt.Errorf("decode frame %d of %d: no such frame", i, len(x.Frames))
 	}
 	f := &x.Frames[i]
-	win := f.Window
+	win, err := x.window(i)
+	if err != nil {
+		return nil, fmt.Errorf("decode frame %d of layer %s: %w", i, x.Layer, err)
+	}
 	if x.NeedsWindow(i) {
 		if want := int(x.win.refs[i].raw); len(window) != want {
 			if window == nil {

@@ -181,6 +181,13 @@ func (x *Index) marshal(version int) ([]byte, error) {
 	if !x.WindowsLoaded() {
 		return nil, fmt.Errorf("encode index of %s: %w", x.Layer, ErrWindowsNotLoaded)
 	}
+	if x.inMemory() {
+		y, err := x.WithWindows(nil)
+		if err != nil {
+			return nil, fmt.Errorf("encode index of %s: %w", x.Layer, err)
+		}
+		return y.marshal(version)
+	}
 	enc, err := zstdEncoder()
 	if err != nil {
 		return nil, fmt.Errorf("index: encode: %w", err)
@@ -498,8 +505,11 @@ func TOCLen(head []byte) (toc, windows int64, err error) {
 const TOCHeadLen = maxHeadLen
 
 // Decode parses an encoding made by MarshalBinary and checks it with
-// Validate. Version 2 may be given whole (toc and windows: every window
-// is loaded) or as its toc alone (the first TOCLen bytes): then no
+// Validate. Version 2 may be given whole (toc and windows): then every
+// window's checksum is checked, WindowsLoaded is true, and the index keeps
+// data's windows section, unpacking a frame's window only when the frame
+// is decoded (Frame.Window stays nil), so data must not change afterwards.
+// Or it may be given as its toc alone (the first TOCLen bytes): then no
 // Frame.Window is set, WindowsLoaded is false, and the windows are read
 // with WindowRange and Windows. Version 1 is always whole.
 //
@@ -569,11 +579,11 @@ func Decode(data []byte) (*Index, error) {
 		if x.win.raw > budget {
 			return nil, fmt.Errorf("%w: windows: %d bytes exceed the decoding limit", ErrCorrupt, x.win.raw)
 		}
-		// Nobody else has x yet: its frames take their windows in place.
-		if err := x.loadWindows(x.Frames, wins); err != nil {
+		// Checked now, unpacked when their frames are decoded.
+		if err := x.checkWindows(wins); err != nil {
 			return nil, err
 		}
-		x.win = nil
+		x.win.data = wins
 	}
 	return x, nil
 }

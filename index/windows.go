@@ -17,7 +17,15 @@ type windowTable struct {
 	size int64         // the windows section's length
 	raw  int64         // bytes of every window, decompressed
 	refs []winRef      // one per frame; raw 0 for a frame without a window
+	// data is the windows section itself when it was decoded with the toc
+	// (a whole encoding, as the local store keeps it): each window is
+	// unpacked from it when its frame is decoded, not all at once, since a
+	// start whose frames are cached needs none of them.
+	data []byte
 }
+
+// inMemory reports whether x's windows section is held (see windowTable.data).
+func (x *Index) inMemory() bool { return x.win != nil && x.win.data != nil }
 
 // winRef is where one frame's window lies in the windows section.
 type winRef struct {
@@ -28,12 +36,13 @@ type winRef struct {
 
 const sizeofWinRef = int64(unsafe.Sizeof(winRef{}))
 
-// WindowsLoaded reports whether every frame's Window is in memory: true for
+// WindowsLoaded reports whether every frame's window is in memory: true for
 // an index built here, decoded from version 1 or from a whole version 2
-// encoding; false for one decoded from its version 2 toc alone, whose
-// frames need their windows (NeedsWindow) read from the encoding's windows
-// section before they decode.
-func (x *Index) WindowsLoaded() bool { return x.win == nil }
+// encoding (whose windows stay compressed until their frames are decoded,
+// so Frame.Window is nil there); false for one decoded from its version 2
+// toc alone, whose frames need their windows (NeedsWindow) read from the
+// encoding's windows section before they decode.
+func (x *Index) WindowsLoaded() bool { return x.win == nil || x.inMemory() }
 
 // TOCDigest returns the SHA-256 of the toc an index whose windows are not
 // loaded was decoded from, "" for any other index: it names the encoding
@@ -49,7 +58,7 @@ func (x *Index) TOCDigest() digest.Digest {
 // decoding needs the bytes at WindowRange(i, i), turned into the window by
 // Windows, and DecodeFrameWith.
 func (x *Index) NeedsWindow(i int) bool {
-	return x.win != nil && i >= 0 && i < len(x.win.refs) && x.win.refs[i].raw > 0
+	return x.win != nil && !x.inMemory() && i >= 0 && i < len(x.win.refs) && x.win.refs[i].raw > 0
 }
 
 // WindowFrom returns frame i's window cut from prev, frame i-1 decoded:
@@ -74,7 +83,7 @@ func (x *Index) WindowFrom(i int, prev []byte) []byte {
 // (windows are stored in frame order). n is 0 when none of those frames
 // needs a window.
 func (x *Index) WindowRange(first, last int) (off, n int64) {
-	if x.win == nil {
+	if x.win == nil || x.inMemory() {
 		return 0, 0
 	}
 	first, last = max(first, 0), min(last, len(x.win.refs)-1)
@@ -154,6 +163,9 @@ func (x *Index) WithWindows(data []byte) (*Index, error) {
 	if x.win == nil {
 		return x, nil
 	}
+	if x.inMemory() {
+		data = x.win.data
+	}
 	y := *x
 	y.Frames = append([]Frame(nil), x.Frames...)
 	if err := x.loadWindows(y.Frames, data); err != nil {
@@ -161,6 +173,38 @@ func (x *Index) WithWindows(data []byte) (*Index, error) {
 	}
 	y.win = nil
 	return &y, nil
+}
+
+// window returns frame i's window: its Window, or unpacked from the
+// windows section held in memory; nil when it has none.
+func (x *Index) window(i int) ([]byte, error) {
+	if !x.inMemory() || x.win.refs[i].raw == 0 {
+		return x.Frames[i].Window, nil
+	}
+	r := &x.win.refs[i]
+	w, err := unpackWindow(r, x.win.data[r.off:r.off+int64(r.n)])
+	if err != nil {
+		return nil, fmt.Errorf("window of frame %d: %w", i, err)
+	}
+	return w, nil
+}
+
+// checkWindows checks every stored window of data, a whole windows
+// section, against its CRC-32C, without unpacking any.
+func (x *Index) checkWindows(data []byte) error {
+	if int64(len(data)) != x.win.size {
+		return fmt.Errorf("%w: windows section of %d bytes, want %d", ErrCorrupt, len(data), x.win.size)
+	}
+	for k := range x.win.refs {
+		r := &x.win.refs[k]
+		if r.raw == 0 {
+			continue
+		}
+		if got := crc32.Checksum(data[r.off:r.off+int64(r.n)], crc32c); got != r.crc {
+			return fmt.Errorf("window of frame %d: %w: checksum %08x, want %08x", k, ErrCorrupt, got, r.crc)
+		}
+	}
+	return nil
 }
 
 // loadWindows sets the Window of frames (x's, or a copy) from data, the

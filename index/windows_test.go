@@ -358,3 +358,66 @@ func FuzzDecodeTOC(f *testing.F) {
 		}
 	})
 }
+
+// A whole version 2 encoding keeps its windows compressed: none is
+// unpacked until its frame is decoded, each frame decodes alone, and the
+// index encodes again to the same bytes.
+func TestWholeEncodingWindowsOnDemand(t *testing.T) {
+	tarData := testLayer(t)
+	blob := gzipLevel(t, tarData, 6)
+	full, err := Build(context.Background(), "", bytes.NewReader(blob), BuildOptions{Span: 32 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := mustMarshal(t, full)
+	x, err := Decode(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(x.Frames) < 4 || !x.WindowsLoaded() {
+		t.Fatalf("%d frames, WindowsLoaded %v; want several, true", len(x.Frames), x.WindowsLoaded())
+	}
+	for i, f := range x.Frames {
+		if f.Window != nil || x.NeedsWindow(i) {
+			t.Fatalf("frame %d: %d-byte Window, NeedsWindow %v; want its window kept compressed", i, len(f.Window), x.NeedsWindow(i))
+		}
+		if off, n := x.WindowRange(i, i); off != 0 || n != 0 {
+			t.Fatalf("WindowRange(%d) = %d, %d; want nothing to read", i, off, n)
+		}
+	}
+	for _, i := range []int{len(x.Frames) - 1, 2, 0} { // any order, each alone
+		f := x.Frames[i]
+		got, err := x.DecodeFrame(i, blob[f.CompressedOffset:f.CompressedOffset+f.CompressedSize])
+		if err != nil || !bytes.Equal(got, tarData[f.Offset:f.Offset+f.Size]) {
+			t.Fatalf("DecodeFrame(%d) = %d bytes, %v; want the stream's [%d,+%d)", i, len(got), err, f.Offset, f.Size)
+		}
+	}
+	if again := mustMarshal(t, x); !bytes.Equal(again, data) {
+		t.Error("the decoded index encodes to other bytes")
+	}
+	// A window damaged on disk is refused when the index is decoded, not
+	// when its frame is read.
+	bad := bytes.Clone(data)
+	bad[len(bad)-1] ^= 1
+	if _, err := Decode(bad); !errors.Is(err, ErrCorrupt) {
+		t.Errorf("Decode with a damaged window = %v, want ErrCorrupt", err)
+	}
+}
+
+func BenchmarkDecodeWhole(b *testing.B) {
+	tarData := testLayer(b)
+	full, err := Build(context.Background(), "", bytes.NewReader(gzipLevel(b, tarData, 6)), BuildOptions{Span: 32 << 10})
+	if err != nil {
+		b.Fatal(err)
+	}
+	data, err := full.MarshalBinary()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if _, err := Decode(data); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
