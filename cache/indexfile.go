@@ -22,6 +22,17 @@ func (s *Store) PutIndex(d digest.Digest, data []byte) error {
 	return nil
 }
 
+// HasIndex reports whether the store holds an index blob keyed d, without
+// reading it.
+func (s *Store) HasIndex(d digest.Digest) bool {
+	h, err := hexOf(d)
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(indexPath(s.dir, h))
+	return err == nil
+}
+
 // GetIndex returns the index blob keyed by d. The error wraps
 // fs.ErrNotExist when there is none.
 func (s *Store) GetIndex(d digest.Digest) ([]byte, error) {

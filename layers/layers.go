@@ -199,6 +199,21 @@ func (r *Resolver) Layers(ctx context.Context, img *fetch.Image) ([]Layer, error
 	return out, nil
 }
 
+// EnsureIndexes makes sure that the local store has an index for every
+// layer of img, finding or building the missing ones as Layers does, but
+// without decoding those already there: a process that only prepares a
+// mount for another leaves the decoding to that one (a damaged local index
+// is found again there, by Layers).
+func (r *Resolver) EnsureIndexes(ctx context.Context, img *fetch.Image) error {
+	for _, d := range img.Manifest.Layers {
+		if !r.cfg.Store.HasIndex(d.Digest) {
+			_, err := r.Layers(ctx, img)
+			return err
+		}
+	}
+	return nil
+}
+
 // Build streams every layer of img and builds its index, ignoring any
 // index that exists already (for `lazyfs index`).
 func (r *Resolver) Build(ctx context.Context, img *fetch.Image) ([]Layer, error) {

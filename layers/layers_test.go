@@ -80,6 +80,10 @@ func TestLayersFindsIndexesInOrder(t *testing.T) {
 	if got := origins(built); got[0] != OriginBuilt || got[1] != OriginBuilt {
 		t.Errorf("first Layers() origins = %v, want built (no index anywhere)", got)
 	}
+	e.proxy.ClearStats()
+	if err := e.r.EnsureIndexes(ctx, e.img); err != nil || len(e.proxy.Requests()) != 0 {
+		t.Errorf("EnsureIndexes with every index local = %v after %d requests, want none", err, len(e.proxy.Requests()))
+	}
 	again, err := e.r.Layers(ctx, e.img)
 	if err != nil {
 		t.Fatal(err)
@@ -94,6 +98,15 @@ func TestLayersFindsIndexesInOrder(t *testing.T) {
 	// A machine with an empty root finds the pushed index without reading
 	// any layer blob.
 	other := NewResolver(Config{Client: e.client, Store: openStore(t, t.TempDir())})
+	third := NewResolver(Config{Client: e.client, Store: openStore(t, t.TempDir())})
+	if err := third.EnsureIndexes(ctx, e.img); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range e.layers {
+		if _, err := third.cfg.Store.GetIndex(l.Digest); err != nil {
+			t.Errorf("EnsureIndexes on a fresh root did not keep the index of layer %s: %v", l.Digest, err)
+		}
+	}
 	e.proxy.ClearStats()
 	remote, err := other.Layers(ctx, e.img)
 	if err != nil {

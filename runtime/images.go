@@ -92,6 +92,13 @@ type ImageRecord struct {
 	Layers      int           `json:"layers"`
 	Pulled      time.Time     `json:"pulled,omitzero"` // last complete pull of this Digest
 	LastUsed    time.Time     `json:"lastUsed"`        // last pull or run
+	// ProfileLooked says that the registry was asked for this Digest's
+	// prefetch profile; Profile is the profile it had (kept under
+	// images/blobs), "" when it had none. A start of the recorded image
+	// then asks the registry nothing, as --pull=missing means; pull
+	// always, or --record-prefetch, updates it.
+	ProfileLooked bool          `json:"profileLooked,omitempty"`
+	Profile       digest.Digest `json:"profile,omitempty"`
 }
 
 func (r *Runtime) imagesDir() string { return filepath.Join(r.cfg.Root, imagesDir) }
@@ -140,11 +147,16 @@ func (r *Runtime) RecordImage(ref string, img *fetch.Image, pulled bool) error {
 	for _, l := range img.Manifest.Layers {
 		rec.Size += l.Size
 	}
-	switch old, err := r.readImageRecord(rec.Name); {
+	old, err := r.readImageRecord(rec.Name)
+	same := err == nil && old.Digest == rec.Digest
+	switch {
 	case pulled:
 		rec.Pulled = now
-	case err == nil && old.Digest == rec.Digest:
+	case same:
 		rec.Pulled = old.Pulled
+	}
+	if same {
+		rec.ProfileLooked, rec.Profile = old.ProfileLooked, old.Profile
 	}
 	b, err := json.MarshalIndent(&rec, "", "  ")
 	if err != nil {
@@ -154,6 +166,64 @@ func (r *Runtime) RecordImage(ref string, img *fetch.Image, pulled bool) error {
 		return fmt.Errorf("record image %s: %w", n, err)
 	}
 	return nil
+}
+
+// recordProfile notes in ref's record what the registry answered when
+// asked for img's prefetch profile: p, or nil for none. A record of
+// another digest is left alone.
+func (r *Runtime) recordProfile(ref string, img *fetch.Image, p *layers.Profile) error {
+	n, err := ParseImageName(ref)
+	if err != nil {
+		return err
+	}
+	rec, err := r.readImageRecord(n.String())
+	if err != nil || rec.Digest != img.Digest {
+		return err
+	}
+	rec.ProfileLooked, rec.Profile = true, ""
+	if p != nil {
+		b, err := p.Encode()
+		if err != nil {
+			return fmt.Errorf("record prefetch profile of %s: %w", n, err)
+		}
+		if err := r.putImageBlob(b); err != nil {
+			return fmt.Errorf("record prefetch profile of %s: %w", n, err)
+		}
+		rec.Profile = digest.FromBytes(b)
+	}
+	b, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(r.imageRecordPath(rec.Name), append(b, '\n'))
+}
+
+// recordedProfile returns the prefetch profile ref's record keeps for img
+// (nil when the registry had none) and true, or false when the record
+// cannot say: no record of img, never asked, or the kept profile unusable.
+func (r *Runtime) recordedProfile(ref string, img *fetch.Image) (*layers.Profile, bool) {
+	n, err := ParseImageName(ref)
+	if err != nil {
+		return nil, false
+	}
+	rec, err := r.readImageRecord(n.String())
+	if err != nil || rec.Digest != img.Digest || !rec.ProfileLooked {
+		return nil, false
+	}
+	if rec.Profile == "" {
+		return nil, true
+	}
+	b, err := r.imageBlob(rec.Profile)
+	if err != nil {
+		r.log.Debug("recorded prefetch profile unusable", "image", ref, "err", err)
+		return nil, false
+	}
+	p, err := layers.DecodeProfile(b)
+	if err != nil || p.Image != img.Digest {
+		r.log.Debug("recorded prefetch profile unusable", "image", ref, "err", err)
+		return nil, false
+	}
+	return p, true
 }
 
 // readImageRecord reads the record named n. The error wraps fs.ErrNotExist

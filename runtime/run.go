@@ -124,6 +124,7 @@ func (r *Runtime) Create(ctx context.Context, ref string, opt RunOptions) (*Cont
 		started   bool
 		layersErr error
 		prof      *layers.Profile
+		profAsked bool // the registry answered, with a profile or without one
 	)
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -132,13 +133,21 @@ func (r *Runtime) Create(ctx context.Context, ref string, opt RunOptions) (*Cont
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, layersErr = r.cfg.Resolver.Layers(lctx, m)
+			layersErr = r.cfg.Resolver.EnsureIndexes(lctx, m)
 		}()
 		if !opt.Spec.NoPrefetch && !opt.Spec.RecordPrefetch {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				prof = r.findProfile(lctx, m, createProfileTimeout)
+				if opt.Pull != PullAlways {
+					var recorded bool
+					if prof, recorded = r.recordedProfile(ref, m); recorded {
+						return
+					}
+				}
+				var err error
+				prof, err = r.findProfile(lctx, m, createProfileTimeout)
+				profAsked = err == nil || errors.Is(err, layers.ErrNoProfile)
 			}()
 		}
 	}
@@ -155,6 +164,12 @@ func (r *Runtime) Create(ctx context.Context, ref string, opt RunOptions) (*Cont
 	}
 	if err != nil {
 		return nil, &StartError{ExitSetup, err}
+	}
+	if profAsked {
+		// After imageToRun recorded the image.
+		if err := r.recordProfile(ref, img, prof); err != nil {
+			r.log.Warn("cannot record the prefetch profile", "image", ref, "err", err)
+		}
 	}
 	switch opt.Spec.Cow {
 	case "", CowOverlay, CowFuse:
@@ -185,18 +200,18 @@ func (r *Runtime) Create(ctx context.Context, ref string, opt RunOptions) (*Cont
 // profile once the indexes are there: it delays the start.
 const createProfileTimeout = 5 * time.Second
 
-// findProfile returns img's prefetch profile, or nil when it has none or
-// it cannot be had within timeout (logged at Debug: a start goes on
-// without one).
-func (r *Runtime) findProfile(ctx context.Context, img *fetch.Image, timeout time.Duration) *layers.Profile {
+// findProfile returns img's prefetch profile, or nil and why not: it has
+// none (layers.ErrNoProfile), or it cannot be had within timeout (logged
+// at Debug: a start goes on without one).
+func (r *Runtime) findProfile(ctx context.Context, img *fetch.Image, timeout time.Duration) (*layers.Profile, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	p, err := r.cfg.Resolver.FindProfile(ctx, img)
 	if err != nil {
 		r.log.Debug("no prefetch profile", "image", img.Ref, "err", err)
-		return nil
+		return nil, err
 	}
-	return p
+	return p, nil
 }
 
 // createOnRootfs is Create for --rootfs: dir is the container's root.

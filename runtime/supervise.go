@@ -439,7 +439,7 @@ func (s *supervisor) prefetch(ctx context.Context, src *layers.Source, img *fetc
 			s.log.Warn("prefetch profile unusable: starting without it", "path", s.c.profilePath(), "err", err)
 			return
 		}
-	} else if p = s.r.findProfile(ctx, img, profileTimeout); p == nil {
+	} else if p, _ = s.r.findProfile(ctx, img, profileTimeout); p == nil {
 		return
 	}
 	found := time.Since(start)
@@ -460,6 +460,9 @@ func (s *supervisor) pushProfile(ctx context.Context, img *fetch.Image, rec *lay
 		return
 	}
 	s.log.Info("prefetch profile pushed", "image", img.Ref, "layers", len(p.Layers), "len", p.Bytes(), "digest", desc.Digest)
+	if err := s.r.recordProfile(s.c.Image, img, p); err != nil {
+		s.log.Warn("cannot record the prefetch profile", "image", img.Ref, "err", err)
+	}
 }
 
 // loop starts the program, waits for it, and starts it again as the
