@@ -75,6 +75,7 @@ func TestEvictionAtOpen(t *testing.T) {
 	s.Close()
 
 	s2, _ := openStore(t, Config{Dir: dir, MaxDiskBytes: 3000})
+	<-s2.scanned // in the background
 	for i, want := range []bool{true, false, false, true, true} {
 		if got := s2.Has(ds[i]); got != want {
 			t.Errorf("Has(frame %d) = %v, want %v", i, got, want)

@@ -361,6 +361,7 @@ func TestTempLeftovers(t *testing.T) {
 	}
 
 	s, _ := openStore(t, Config{Dir: dir})
+	<-s.scanned // in the background
 	for _, p := range []string{stale, staleIdx} {
 		if _, err := os.Stat(p); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("stale temp %s after Open: %v, want removed", p, err)

@@ -50,6 +50,10 @@ type Store struct {
 
 	mu  sync.Mutex // guards rec
 	rec recency
+	// scanned is closed once Open's scan of the frames is in rec: the scan
+	// runs beside the first reads, since a start should not wait for a
+	// walk of a cache shared by every image on the machine.
+	scanned chan struct{}
 
 	flightMu sync.Mutex         // guards flights and closed
 	flights  map[string]*flight // keyed by hex; an entry stays until its frame is on disk (or known not to be)
@@ -67,12 +71,13 @@ type Store struct {
 	}
 }
 
-// Open opens the cache root cfg.Dir, creating its directories if needed. It
-// scans the frames once to learn their sizes and ages (file mtimes), removes
-// named temp files left by a crash (those older than ten minutes: younger
-// ones may belong to another process writing now; they are never served nor
-// counted as frames), and evicts down to cfg.MaxDiskBytes. Frame files are
-// not read here: each is verified when first used.
+// Open opens the cache root cfg.Dir, creating its directories if needed. In
+// the background it scans the frames once to learn their sizes and ages
+// (file mtimes), removes named temp files left by a crash (those older than
+// ten minutes: younger ones may belong to another process writing now; they
+// are never served nor counted as frames), and evicts down to
+// cfg.MaxDiskBytes: frames are served meanwhile, and Stats waits for it.
+// Frame files are not read here: each is verified when first used.
 func Open(cfg Config) (*Store, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("cache: open: no directory")
@@ -99,12 +104,6 @@ func Open(cfg Config) (*Store, error) {
 		}
 	}
 
-	start := time.Now()
-	r, err := scan(cfg.Dir, start.Add(-staleTemp))
-	if err != nil {
-		return nil, err
-	}
-
 	s := &Store{
 		dir:     cfg.Dir,
 		maxDisk: cfg.MaxDiskBytes,
@@ -112,10 +111,12 @@ func Open(cfg Config) (*Store, error) {
 		log:     log,
 		flights: make(map[string]*flight),
 		loadSem: make(chan struct{}, cfg.MaxLoads),
+		scanned: make(chan struct{}),
 	}
-	s.rec.rebuild(r.frames, start)
+	s.rec.init()
 	if cfg.MemoryBytes > 0 {
 		counters := max(cfg.MemoryBytes/(64<<10)*10, 1000)
+		var err error
 		s.mem, err = ristretto.NewCache(&ristretto.Config[string, []byte]{
 			NumCounters:        counters,
 			MaxCost:            cfg.MemoryBytes,
@@ -128,16 +129,31 @@ func Open(cfg Config) (*Store, error) {
 		s.recent = newRecentFrames(max(cfg.MemoryBytes/16, 4<<20))
 	}
 	s.stop, s.cancel = context.WithCancel(context.Background())
-
-	if s.maxDisk > 0 {
-		s.mu.Lock()
-		victims := s.rec.evict(s.maxDisk, 0)
-		s.mu.Unlock()
-		s.removeFrames(victims, &s.st.evictions)
-	}
-	s.log.Debug("cache opened", "op", "open", "path", cfg.Dir,
-		"frames", len(r.frames), "temps_removed", r.removed, "dur", time.Since(start))
+	go s.scan()
 	return s, nil
+}
+
+// scan learns the frames on disk (their sizes and ages), removes stale
+// temp files, and evicts down to maxDisk; frames stored meanwhile are kept
+// in the record (recency.rebuild).
+func (s *Store) scan() {
+	defer close(s.scanned)
+	start := time.Now()
+	r, err := scan(s.dir, start.Add(-staleTemp))
+	if err != nil {
+		s.log.Warn("cache: scan failed: frames already on disk are not counted nor evicted", "op", "open", "path", s.dir, "err", err)
+		return
+	}
+	s.mu.Lock()
+	s.rec.rebuild(r.frames, start)
+	var victims []*entry
+	if s.maxDisk > 0 {
+		victims = s.rec.evict(s.maxDisk, 0)
+	}
+	s.mu.Unlock()
+	s.removeFrames(victims, &s.st.evictions)
+	s.log.Debug("cache scanned", "op", "open", "path", s.dir,
+		"frames", len(r.frames), "temps_removed", r.removed, "evicted", len(victims), "dur", time.Since(start))
 }
 
 // Close stops the Store: running loads are cancelled and Close waits for
@@ -151,6 +167,7 @@ func (s *Store) Close() error {
 		s.closed = true
 		s.flightMu.Unlock()
 		s.cancel()
+		<-s.scanned
 		s.wg.Wait()
 		s.memMu.Lock()
 		s.memClosed = true
@@ -185,6 +202,7 @@ type Stats struct {
 
 // Stats returns the Store's counters.
 func (s *Store) Stats() Stats {
+	<-s.scanned // DiskFrames, DiskBytes and Evictions count the frames found at Open
 	st := Stats{
 		MemoryHits:  s.st.memoryHits.Load(),
 		DiskHits:    s.st.diskHits.Load(),
@@ -249,6 +267,7 @@ func (s *Store) Prune(ctx context.Context, opt PruneOptions) (PruneResult, error
 	if opt.KeepBytes < 0 {
 		return res, fmt.Errorf("cache: prune: negative KeepBytes %d", opt.KeepBytes)
 	}
+	<-s.scanned // its rebuild must not undo this one's
 	start := time.Now()
 	r, err := scan(s.dir, start.Add(-staleTemp))
 	if err != nil {
