@@ -194,7 +194,8 @@ func (s *Store) fill(ctx context.Context, h string, size int64, load func(contex
 // and the disk error if the frame could not be written (on a disk full even
 // after eviction it wraps syscall.ENOSPC and names the cache directory); a
 // frame already on disk with the right size is only marked as used. The
-// memory tier is offered data either way.
+// memory tier is offered data either way, unless ctx comes from
+// WithoutMemory.
 func (s *Store) Put(ctx context.Context, d digest.Digest, data []byte) error {
 	h, err := hexOf(d)
 	if err != nil {
@@ -210,7 +211,9 @@ func (s *Store) Put(ctx context.Context, d digest.Digest, data []byte) error {
 		s.st.corrupt.Add(1)
 		return fmt.Errorf("cache: put frame %s: %w", d, err)
 	}
-	defer s.memSet(h, data)
+	if !withoutMemory(ctx) {
+		defer s.memSet(h, data)
+	}
 	if fi, err := os.Stat(framePath(s.dir, h)); err == nil && fi.Mode().IsRegular() && fi.Size() == int64(len(data)) {
 		s.use(h, fi.Size(), fi.ModTime())
 		return nil
@@ -219,6 +222,20 @@ func (s *Store) Put(ctx context.Context, d digest.Digest, data []byte) error {
 		return fmt.Errorf("cache: put frame %s: %w", d, err)
 	}
 	return nil
+}
+
+type withoutMemoryKey struct{}
+
+// WithoutMemory marks ctx so that Put stores frames on disk only and does
+// not offer them to the memory tier: for a background fetch of frames
+// nobody is reading, which would push out the frames readers use.
+func WithoutMemory(ctx context.Context) context.Context {
+	return context.WithValue(ctx, withoutMemoryKey{}, true)
+}
+
+func withoutMemory(ctx context.Context) bool {
+	v, _ := ctx.Value(withoutMemoryKey{}).(bool)
+	return v
 }
 
 // Has reports whether the frame with digest d is on disk. It does not

@@ -179,6 +179,9 @@ func (s *Store) Close() error {
 	return nil
 }
 
+// MaxDiskBytes is the disk limit the Store was opened with (0: none).
+func (s *Store) MaxDiskBytes() int64 { return s.maxDisk }
+
 func (s *Store) isClosed() bool {
 	s.flightMu.Lock()
 	defer s.flightMu.Unlock()

@@ -162,6 +162,7 @@ func (s *Source) Prefetch(ctx context.Context, layers []*index.Index, p *Profile
 // loaded), and stores them; it returns the bytes asked for (0 if there
 // was nothing left to fetch).
 func (s *Source) prefetchRun(ctx context.Context, x *index.Index, run []int) (int64, error) {
+	defer s.foreground(ctx)()
 	run = slices.DeleteFunc(slices.Clone(run), func(k int) bool { return s.store.Has(x.Frames[k].Digest) })
 	var total int64
 	claims := s.claim(x, run)
@@ -306,6 +307,7 @@ func (s *Source) awaitInflight(ctx context.Context, d digest.Digest) error {
 	if ch == nil {
 		return nil
 	}
+	defer s.foreground(ctx)() // a reader waiting on the network, as much as one fetching
 	t := time.NewTimer(inflightPatience)
 	defer t.Stop()
 	select {

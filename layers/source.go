@@ -47,6 +47,7 @@ type Source struct {
 	metrics     Metrics       // never nil: noMetrics when off
 	meter       fetch.Meter   // metrics as the fetches' meter; nil when off
 
+	traffic  *Traffic      // on-demand fetches, which background fetches yield to
 	aheadSem chan struct{} // one token per running read-ahead
 	openSem  chan struct{} // one token per running fetch at open (OpenedFile)
 	stop     context.Context
@@ -79,7 +80,7 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 		inflight: map[digest.Digest]chan struct{}{}, loading: map[digest.Digest]int{}, prefetching: map[digest.Digest]int{},
 		origins: map[digest.Digest]windowOrigin{}, winGroups: map[winGroupKey]*winGroup{},
 		aheadSem: make(chan struct{}, readaheadLoads), openSem: make(chan struct{}, openAheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead,
-		metrics: noMetrics{}}
+		metrics: noMetrics{}, traffic: NewTraffic(0)}
 	s.stop, s.cancel = context.WithCancel(context.Background())
 	return s
 }
@@ -129,8 +130,9 @@ func (s *Source) SetMetrics(m Metrics) {
 	s.metrics, s.meter = m, m
 }
 
-// Close stops fetching ahead and waits for the fetches running. Frame keeps
-// working without read-ahead. Close is idempotent.
+// Close stops fetching ahead and in the background, and waits for the
+// fetches running. Frame keeps working without read-ahead. Close is
+// idempotent.
 func (s *Source) Close() {
 	s.cancel()
 	s.wg.Wait()
@@ -213,6 +215,7 @@ func (s *Source) frame(ctx context.Context, x *index.Index, i int) (_ []byte, fe
 		var data []byte
 		load := func(ctx context.Context) ([]byte, error) {
 			loaded.Store(true)
+			defer s.foreground(ctx)()
 			s.setLoading(f.Digest, +1)
 			defer s.setLoading(f.Digest, -1)
 			if s.meter != nil {
