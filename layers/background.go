@@ -422,7 +422,7 @@ func (b *Background) finish(failures []int) {
 		return
 	}
 	b.setState(BackgroundDone)
-	b.log.Info("image fully fetched", "frames", p.Frames, "len", p.Bytes, "fetched", p.Fetched, "requests", p.Requests, "dur", time.Since(b.start).Round(time.Millisecond))
+	b.log.Info("image fully fetched", "layers", len(b.layers), "frames", p.Frames, "len", p.Bytes, "fetched", p.Fetched, "requests", p.Requests, "dur", time.Since(b.start).Round(time.Millisecond))
 }
 
 // plan lists the requests for the frames missing now, layer by layer in

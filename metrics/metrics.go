@@ -3,6 +3,7 @@ package metrics
 import (
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +32,9 @@ type Registry struct {
 	mounts            prometheus.Gauge
 	mountErrors       prometheus.Counter
 	readErrors        prometheus.Counter
+
+	bgOnce sync.Once    // registers bg
+	bg     *bgCollector // background fetches; nil until the first WatchBackground
 }
 
 // New returns a Registry with lazyfs's metrics and the Go runtime's and

@@ -231,3 +231,50 @@ func get(t *testing.T, url string, status int) string {
 	}
 	return string(b)
 }
+
+// Background fetches of one image add up; one that ends keeps its bytes
+// and requests counted.
+func TestBackgroundMetrics(t *testing.T) {
+	r := New()
+	a := Background{State: "fetching", Frames: 10, Cached: 4, Bytes: 1000, CachedBytes: 400, Fetched: 300, Requests: 2}
+	b := Background{State: "done", Frames: 5, Cached: 5, Bytes: 500, CachedBytes: 500, Fetched: 200, Requests: 1}
+	r.WatchBackground("reg.example/a", func() Background { return a })
+	unwatch := r.WatchBackground("reg.example/a", func() Background { return b })
+	want := `
+# HELP lazyfs_background_cached_bytes Of those bytes, the ones on disk.
+# TYPE lazyfs_background_cached_bytes gauge
+lazyfs_background_cached_bytes{image="reg.example/a"} 900
+# HELP lazyfs_background_fetched_bytes_total Compressed bytes the background fetch of an image asked the registry for.
+# TYPE lazyfs_background_fetched_bytes_total counter
+lazyfs_background_fetched_bytes_total{image="reg.example/a"} 500
+# HELP lazyfs_background_fetches Background fetches of an image, by state: waiting, fetching, yielding, done, stopped, failed, off.
+# TYPE lazyfs_background_fetches gauge
+lazyfs_background_fetches{image="reg.example/a",state="done"} 1
+lazyfs_background_fetches{image="reg.example/a",state="fetching"} 1
+# HELP lazyfs_background_frames Frames of the layers being fetched in the background (a frame two layers share counts once).
+# TYPE lazyfs_background_frames gauge
+lazyfs_background_frames{image="reg.example/a"} 15
+# HELP lazyfs_background_frames_cached Of those frames, the ones on disk (as of the fetcher's last look).
+# TYPE lazyfs_background_frames_cached gauge
+lazyfs_background_frames_cached{image="reg.example/a"} 9
+`
+	names := []string{"lazyfs_background_cached_bytes", "lazyfs_background_fetched_bytes_total", "lazyfs_background_fetches", "lazyfs_background_frames", "lazyfs_background_frames_cached"}
+	if err := testutil.GatherAndCompare(r.Gatherer(), strings.NewReader(want), names...); err != nil {
+		t.Error(err)
+	}
+	unwatch()
+	unwatch()
+	want = `
+# HELP lazyfs_background_requests_total Range requests (and whole-layer reads) the background fetch of an image made.
+# TYPE lazyfs_background_requests_total counter
+lazyfs_background_requests_total{image="reg.example/a"} 3
+# HELP lazyfs_background_fetches Background fetches of an image, by state: waiting, fetching, yielding, done, stopped, failed, off.
+# TYPE lazyfs_background_fetches gauge
+lazyfs_background_fetches{image="reg.example/a",state="fetching"} 1
+`
+	if err := testutil.GatherAndCompare(r.Gatherer(), strings.NewReader(want), "lazyfs_background_requests_total", "lazyfs_background_fetches"); err != nil {
+		t.Error(err)
+	}
+	var nilReg *Registry
+	nilReg.WatchBackground("x", func() Background { return a })()
+}

@@ -60,6 +60,10 @@ type Spec struct {
 	RecordPrefetch bool `json:"recordPrefetch,omitempty"`
 	// NoPrefetch is --prefetch=false: do not look for a profile.
 	NoPrefetch bool `json:"noPrefetch,omitempty"`
+	// Background is --background: how the supervisor fetches the rest of
+	// the image after the start (layers.ParseBackgroundMode: off, idle,
+	// full; "" is off, as for containers made before the flag).
+	Background string `json:"background,omitempty"`
 }
 
 // Copy-on-write modes. Both keep the upper directory in overlayfs' format.

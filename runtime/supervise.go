@@ -361,6 +361,7 @@ func (s *supervisor) mountImage(ctx context.Context, start time.Time) (img *fetc
 	for i, l := range ls {
 		idxs[i] = l.Index
 	}
+	imageIdxs := idxs[:len(ls):len(ls)] // without the init layer appended below
 	mcfg := fusefs.Config{FSName: "lazyfs:" + c.Image, Logger: s.log}
 	lower = []string{c.initDir(), c.lowerDir()}
 	if c.Spec.Cow == CowFuse {
@@ -413,6 +414,17 @@ func (s *supervisor) mountImage(ctx context.Context, start time.Time) (img *fetc
 		}
 	})
 	s.log.Debug("image mounted", "image", c.Image, "path", c.lowerDir(), "dur", time.Since(start))
+	if c.Spec.Background != "" {
+		mode, err := layers.ParseBackgroundMode(c.Spec.Background)
+		if err != nil {
+			s.log.Warn("background fetch off", "err", err)
+		}
+		bg := src.StartBackground(imageIdxs, layers.BackgroundConfig{Mode: mode, Name: c.Image})
+		undo = append(undo, func() {
+			defer s.watch("stop the background fetch")()
+			bg.Stop()
+		})
+	}
 
 	return img, lower, done, nil
 }

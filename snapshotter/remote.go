@@ -265,6 +265,7 @@ func (s *Snapshotter) remount(ctx context.Context, id string, info snapshots.Inf
 	if l.mount, err = s.mountLayer(id, want.repo, x); err != nil {
 		return fail(err)
 	}
+	s.startBackground(l, want, x)
 	return l, nil
 }
 

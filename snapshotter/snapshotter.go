@@ -64,6 +64,11 @@ type Config struct {
 	// Metrics receives the lazy mounts (active, failed), their read
 	// errors, and each repository's frame source metrics. nil = none.
 	Metrics *metrics.Registry
+	// Background is how each lazy layer is fetched in the background
+	// after it is mounted (Name is set per layer); the zero value is off.
+	// Every repository's requests share one layers.Traffic: a miss of any
+	// image pauses them all.
+	Background layers.BackgroundConfig
 }
 
 // Snapshotter implements containerd's snapshots.Snapshotter (and
@@ -83,6 +88,7 @@ type Snapshotter struct {
 	mu      sync.Mutex                // guards lazy, sources and images
 	lazy    map[string]*lazyLayer     // committed lazy layers, by snapshot ID
 	sources map[string]*layers.Source // frame sources, by repository
+	traffic *layers.Traffic           // shared by the sources
 	images  map[string]*imageCall     // recent image lookups, by REPO@MANIFEST
 
 	closeOnce sync.Once
@@ -94,6 +100,9 @@ type lazyLayer struct {
 	layer digest.Digest
 	mount *fusefs.Mount // nil when it could not be mounted again after a restart
 	err   error         // why mount is nil
+
+	bg      *layers.Background // its background fetch; nil when not mounted
+	unwatch func()             // removes bg from the metrics
 }
 
 var _ snapshots.Snapshotter = (*Snapshotter)(nil)
@@ -129,6 +138,7 @@ func New(ctx context.Context, cfg Config) (*Snapshotter, error) {
 		lazy:     map[string]*lazyLayer{},
 		sources:  map[string]*layers.Source{},
 		images:   map[string]*imageCall{},
+		traffic:  layers.NewTraffic(0),
 	}
 	// Like containerd's overlay snapshotter: no inode index, which would
 	// tie the upper directory to these exact lower mounts.
@@ -484,6 +494,7 @@ func (s *Snapshotter) prepareLazy(ctx context.Context, id, key, parent, target s
 		return err
 	}
 	l := &lazyLayer{layer: want.layer, mount: m}
+	s.startBackground(l, want, x)
 	s.mu.Lock()
 	s.lazy[id] = l
 	s.mu.Unlock()
@@ -548,6 +559,7 @@ func (s *Snapshotter) source(repo string) *layers.Source {
 	src := s.sources[repo]
 	if src == nil {
 		src = layers.NewSource(s.cfg.Client, repo, s.cfg.Store, s.log)
+		src.SetTraffic(s.traffic)
 		if s.cfg.Metrics != nil {
 			src.SetMetrics(s.cfg.Metrics.Image(repo))
 		}
@@ -559,6 +571,10 @@ func (s *Snapshotter) source(repo string) *layers.Source {
 // unmount detaches a lazy layer; a busy mount (a process still in it) is
 // detached lazily and goes away with its last user.
 func (s *Snapshotter) unmount(id string, l *lazyLayer) {
+	if l.bg != nil {
+		l.bg.Stop()
+		l.unwatch()
+	}
 	s.cfg.Metrics.MountEnded() // detached or not, this process no longer serves it
 	if err := l.mount.Unmount(); err != nil {
 		if derr := detach(s.fsPath(id)); derr != nil {
@@ -604,4 +620,18 @@ func (s *Snapshotter) removeDir(id string) {
 	if err := removeSnapshotDir(s.dir(id)); err != nil {
 		s.log.Warn("remove snapshot directory", "path", s.dir(id), "err", err)
 	}
+}
+
+// startBackground starts the background fetch of lazy layer l (x, of
+// image want) and adds it to the metrics.
+func (s *Snapshotter) startBackground(l *lazyLayer, want remoteLayer, x *index.Index) {
+	cfg := s.cfg.Background
+	cfg.Name = want.image()
+	l.bg = s.source(want.repo).StartBackground([]*index.Index{x}, cfg)
+	bg := l.bg
+	l.unwatch = s.cfg.Metrics.WatchBackground(want.repo, func() metrics.Background {
+		p := bg.Progress()
+		return metrics.Background{State: p.State.String(), Frames: p.Frames, Cached: p.Cached, Bytes: p.Bytes,
+			CachedBytes: p.CachedBytes, Fetched: p.Fetched, Requests: p.Requests}
+	})
 }

@@ -219,7 +219,7 @@ func TestSnapshotterCRI(t *testing.T) {
 	dir := t.TempDir()
 	snapSock := filepath.Join(dir, "lazyfs.sock")
 	root := filepath.Join(dir, "lazyfs")
-	sn := startDaemon(t, "lazyfs snapshotter", lazyfsBin, "snapshotter", "--root", root, "--address", snapSock)
+	sn := startDaemon(t, "lazyfs snapshotter", lazyfsBin, "snapshotter", "--root", root, "--address", snapSock, "--background=off")
 	if err := sn.waitSocket(t, snapSock, 30*time.Second); err != nil {
 		t.Fatalf("%v\n%s", err, sn.log)
 	}

@@ -79,7 +79,12 @@ func mount(t *testing.T, root, ref string, extra ...string) *mounted {
 	t.Helper()
 	testutil.RequireFUSE(t, "FUSE")
 	dir := t.TempDir()
-	args := append([]string{"mount", "--root", root}, extra...)
+	args := []string{"mount", "--root", root}
+	if !slices.ContainsFunc(extra, func(a string) bool { return strings.HasPrefix(a, "--background") }) {
+		// Tests count what reads fetch: nothing in the background unless asked.
+		args = append(args, "--background=off")
+	}
+	args = append(args, extra...)
 	cmd := exec.Command(lazyfsBin, append(args, ref, dir)...)
 	m := &mounted{dir: dir, cmd: cmd, stderr: &testutil.SyncBuffer{}, exited: make(chan error, 1)}
 	cmd.Stderr = m.stderr
@@ -400,6 +405,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"mount", "onlyref"}, 2, "takes an image reference and a mount point"},
 		{[]string{"nosuchcommand"}, 2, "unknown command"},
 		{[]string{"index", "--nosuchflag", "x"}, 2, "unknown flag"},
+		{[]string{"mount", "--background", "sometimes", "ref", "/"}, 2, `--background "sometimes": want off, idle or full`},
+		{[]string{"snapshotter", "--root", "ROOT", "--background", "on"}, 2, `--background "on"`},
 		{[]string{"inspect", "--root", "ROOT", "--retries", "0", "127.0.0.1:1/no/such:image"}, 1, "127.0.0.1:1"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -36,3 +36,15 @@ func startMetrics(g *cli.Globals, p *cli.Parts, addr string) (mx *metrics.Regist
 		}
 	}, nil
 }
+
+// watchBackground adds a background fetch of image to the metrics (mx nil:
+// none); the returned func removes it.
+func watchBackground(mx *metrics.Registry, image string, b *layers.Background) (unwatch func()) {
+	return mx.WatchBackground(image, func() metrics.Background { return backgroundMetrics(b.Progress()) })
+}
+
+// backgroundMetrics is a background fetch's progress as metrics reads it.
+func backgroundMetrics(p layers.BackgroundProgress) metrics.Background {
+	return metrics.Background{State: p.State.String(), Frames: p.Frames, Cached: p.Cached, Bytes: p.Bytes,
+		CachedBytes: p.CachedBytes, Fetched: p.Fetched, Requests: p.Requests}
+}

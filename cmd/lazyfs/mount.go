@@ -17,6 +17,7 @@ func newMountCommand(g *cli.Globals) *cobra.Command {
 	var (
 		debug      bool
 		metricsAdr string
+		background string
 	)
 	cmd := &cobra.Command{
 		Use:   "mount [--root DIR] [--insecure] REF MOUNTPOINT",
@@ -32,6 +33,10 @@ serves Prometheus metrics meanwhile (see docs/containerd.md, Metrics).`,
 			ref, dir := args[0], args[1]
 			if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 				return fmt.Errorf("mount point %s: not a directory", dir)
+			}
+			bgMode, err := cli.ParseBackground(background)
+			if err != nil {
+				return err
 			}
 			start := time.Now()
 			p, err := g.Open()
@@ -79,6 +84,9 @@ serves Prometheus metrics meanwhile (see docs/containerd.md, Metrics).`,
 			mx.MountStarted()
 			defer mx.MountEnded()
 			g.Log.Info("mounted", "image", ref, "digest", img.Digest, "path", dir, "layers", len(ls), "dur", time.Since(start).Round(time.Millisecond))
+			bg := src.StartBackground(idxs, layers.BackgroundConfig{Mode: bgMode, Name: ref})
+			defer bg.Stop()
+			defer watchBackground(mx, img.Repo, bg)()
 			done := make(chan struct{})
 			go func() { m.Wait(); close(done) }()
 			select {
@@ -97,5 +105,6 @@ serves Prometheus metrics meanwhile (see docs/containerd.md, Metrics).`,
 	}
 	cmd.Flags().BoolVar(&debug, "debug-fuse", false, "log every FUSE request")
 	addMetricsFlag(cmd, &metricsAdr)
+	cli.AddBackgroundFlag(cmd.Flags(), &background)
 	return cmd
 }

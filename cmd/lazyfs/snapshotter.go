@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lazyfs/lazyfs/internal/cli"
+	"github.com/lazyfs/lazyfs/layers"
 	"github.com/lazyfs/lazyfs/snapshotter"
 )
 
@@ -23,6 +24,7 @@ func newSnapshotterCommand(g *cli.Globals) *cobra.Command {
 		address    string
 		debug      bool
 		metricsAdr string
+		background string
 	)
 	cmd := &cobra.Command{
 		Use:   "snapshotter [--root DIR] [--address SOCKET]",
@@ -39,6 +41,10 @@ Prometheus metrics (see docs/containerd.md, Metrics).`,
 		Args: cli.ExactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			bgMode, err := cli.ParseBackground(background)
+			if err != nil {
+				return err
+			}
 			p, err := g.Open()
 			if err != nil {
 				return err
@@ -53,6 +59,7 @@ Prometheus metrics (see docs/containerd.md, Metrics).`,
 			root := filepath.Join(g.Root, "snapshotter")
 			sn, err := snapshotter.New(ctx, snapshotter.Config{
 				Root: root, Client: p.Client, Store: p.Store, Logger: g.Log, FUSEDebug: debug, Metrics: mx,
+				Background: layers.BackgroundConfig{Mode: bgMode},
 			})
 			if err != nil {
 				return err
@@ -74,6 +81,7 @@ Prometheus metrics (see docs/containerd.md, Metrics).`,
 	cmd.Flags().StringVar(&address, "address", defaultSnapshotterSocket, "unix socket to serve containerd's snapshots API on")
 	cmd.Flags().BoolVar(&debug, "debug-fuse", false, "log every FUSE request")
 	addMetricsFlag(cmd, &metricsAdr)
+	cli.AddBackgroundFlag(cmd.Flags(), &background)
 	return cmd
 }
 

@@ -191,7 +191,7 @@ func TestContainerdRunsLazyImage(t *testing.T) {
 	dir := t.TempDir()
 	snapSock := filepath.Join(dir, "lazyfs.sock")
 	root := filepath.Join(dir, "lazyfs")
-	sn := startDaemon(t, "lazyfs snapshotter", lazyfsBin, "snapshotter", "--root", root, "--address", snapSock)
+	sn := startDaemon(t, "lazyfs snapshotter", lazyfsBin, "snapshotter", "--root", root, "--address", snapSock, "--background=off")
 	if err := sn.waitSocket(t, snapSock, 30*time.Second); err != nil {
 		t.Fatalf("%v\n%s", err, sn.log)
 	}
@@ -284,7 +284,7 @@ func TestContainerdRunsLazyImage(t *testing.T) {
 		t.Errorf("lazy mounts left after the snapshotter stopped: %q", m)
 	}
 	restart := time.Now()
-	sn = startDaemon(t, "lazyfs snapshotter", lazyfsBin, "snapshotter", "--root", root, "--address", snapSock)
+	sn = startDaemon(t, "lazyfs snapshotter", lazyfsBin, "snapshotter", "--root", root, "--address", snapSock, "--background=off")
 	if err := sn.waitSocket(t, snapSock, 30*time.Second); err != nil {
 		t.Fatalf("%v\n%s", err, sn.log)
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -147,6 +148,10 @@ func (e *env) lazyrun(t *testing.T, stdin string, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
+	if len(args) > 0 && args[0] == "run" && !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--background") }) {
+		// Tests count what a start fetches: nothing in the background unless asked.
+		args = append([]string{"run", "--background=off"}, args[1:]...)
+	}
 	cmd := exec.CommandContext(ctx, lazyrunBin, append([]string{"--root", e.root}, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdin = strings.NewReader(stdin)

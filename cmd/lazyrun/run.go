@@ -88,6 +88,9 @@ ID once the program runs and returns; the container goes on.`,
 				s.Net = network
 			}
 			s.NoPrefetch = !prefetch
+			if _, err := cli.ParseBackground(s.Background); err != nil {
+				return err
+			}
 			switch s.Cow {
 			case runtime.CowOverlay, runtime.CowFuse:
 			default:
@@ -186,6 +189,7 @@ ID once the program runs and returns; the container goes on.`,
 	f.BoolVar(&rootfs, "rootfs", false, "IMAGE is a directory holding the container's root file system, as with podman: it is the lower layer of the container's overlay, not written to (no image config, no FUSE)")
 	f.BoolVar(&s.RecordPrefetch, "record-prefetch", false, "note what the container reads of its image until the program exits, and push that to the registry as the image's prefetch profile")
 	f.BoolVar(&prefetch, "prefetch", true, "fetch what the image's prefetch profile names, if it has one, as the container starts")
+	cli.AddBackgroundFlag(f, &s.Background)
 	f.StringVar(&s.Cow, "cow", runtime.CowOverlay, "who keeps the container's changes: overlay (kernel overlayfs over the lazy mount) or fuse (lazyfs' own copy-on-write)")
 	f.StringArrayVarP(&publish, "publish", "p", nil, "publish a container's port on the host: [IP:][HOSTPORT:]PORT[/tcp], HOSTPORT empty or 0 for a free one, ranges as START-END")
 	f.StringVar(&network, "net", runtime.NetHost, "network: host (the host's network; the default without -p), private (loopback only, reached through -p; the default with -p) or none (loopback only)")

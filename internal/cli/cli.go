@@ -147,3 +147,23 @@ func ShortDigest(d fmt.Stringer) string {
 	}
 	return s
 }
+
+// DefaultBackground is the --background default of every command that
+// serves a mount: fetch the rest of the image once the start-up is quiet.
+const DefaultBackground = "idle"
+
+// AddBackgroundFlag adds --background to a command that serves a mount.
+func AddBackgroundFlag(f *pflag.FlagSet, mode *string) {
+	f.StringVar(mode, "background", DefaultBackground,
+		"fetch the rest of the image in the background so that it stops depending on the registry: off, idle (once the start-up is quiet, pausing for reads that miss) or full (at once, pausing for reads that miss)")
+}
+
+// ParseBackground reads --background's value; a bad one is a usage error
+// naming the flag.
+func ParseBackground(s string) (layers.BackgroundMode, error) {
+	m, err := layers.ParseBackgroundMode(s)
+	if err != nil {
+		return m, Usagef("--background %q: want off, idle or full", s)
+	}
+	return m, nil
+}
