@@ -201,6 +201,13 @@ func (t *Traffic) quiet(ctx context.Context, gap time.Duration, since time.Time)
 	}
 }
 
+// quietNow reports whether no on-demand fetch runs and none has for gap.
+func (t *Traffic) quietNow(gap time.Duration) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.busy == 0 && time.Since(t.last) >= gap
+}
+
 // SetTraffic makes the Source note its on-demand fetches in t and run its
 // background requests in t's slots. Call it before the first Frame.
 func (s *Source) SetTraffic(t *Traffic) { s.traffic = t }
@@ -622,11 +629,8 @@ func (b *Background) one(ctx context.Context, j backgroundJob) (backgroundResult
 		case <-ctx.Done():
 			return backgroundResult{}, ctx.Err()
 		}
-		// An on-demand fetch may have begun while this waited for a slot.
-		t.mu.Lock()
-		busy := t.busy > 0
-		t.mu.Unlock()
-		if !busy {
+		// An on-demand fetch may have run while this waited for a slot.
+		if t.quietNow(gap) {
 			break
 		}
 		<-t.slots
