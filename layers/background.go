@@ -289,8 +289,8 @@ func (s *Source) startBackground(layers []*index.Index, cfg BackgroundConfig,
 	if b.fetch == nil {
 		b.fetch = b.fetchRun
 	}
-	b.countFrames()
 	if cfg.Mode == BackgroundOff {
+		b.countFrames(false)
 		b.progress.State = BackgroundDisabled
 		close(b.done)
 		return b
@@ -332,8 +332,9 @@ func (b *Background) setState(st BackgroundState) {
 	b.progress.State = st
 }
 
-// countFrames sets the progress's frame counts from what is on disk.
-func (b *Background) countFrames() {
+// countFrames sets the progress's frame counts, and with onDisk those of
+// the frames on disk (a stat each).
+func (b *Background) countFrames(onDisk bool) {
 	var p BackgroundProgress
 	seen := map[digest.Digest]bool{}
 	for _, x := range b.layers {
@@ -345,7 +346,7 @@ func (b *Background) countFrames() {
 			seen[f.Digest] = true
 			p.Frames++
 			p.Bytes += f.Size
-			if b.s.store.Has(f.Digest) {
+			if onDisk && b.s.store.Has(f.Digest) {
 				p.Cached++
 				p.CachedBytes += f.Size
 			}
@@ -365,6 +366,7 @@ type backgroundJob struct {
 
 // run is the fetch: passes over the missing frames until none is left.
 func (b *Background) run(ctx context.Context) {
+	b.countFrames(true)
 	if limit := b.s.store.MaxDiskBytes(); limit > 0 {
 		if p := b.Progress(); p.Bytes > limit {
 			b.log.Info("background fetch off: the image is larger than the cache's disk limit (--cache-size)", "len", p.Bytes, "limit", limit)
@@ -413,7 +415,7 @@ func (b *Background) run(ctx context.Context) {
 
 // finish ends a fetch with no job left: done, or failed.
 func (b *Background) finish(failures []int) {
-	b.countFrames()
+	b.countFrames(true)
 	gaveUp := 0
 	for _, n := range failures {
 		if n >= b.cfg.Failures {
@@ -421,8 +423,11 @@ func (b *Background) finish(failures []int) {
 		}
 	}
 	b.mu.Lock()
-	b.progress.FailedLayers = gaveUp
 	p := b.progress
+	if p.Cached == p.Frames {
+		gaveUp = 0 // readers fetched what the layers given up lacked
+	}
+	b.progress.FailedLayers = gaveUp
 	b.mu.Unlock()
 	if gaveUp > 0 {
 		b.setState(BackgroundFailed)
@@ -436,7 +441,7 @@ func (b *Background) finish(failures []int) {
 // order, skipping layers given up. lost counts missing frames this fetch
 // had stored: the cache evicted them.
 func (b *Background) plan(failures []int) (jobs []backgroundJob, lost int) {
-	b.countFrames()
+	b.countFrames(true)
 	b.mu.Lock()
 	stored := b.stored
 	b.mu.Unlock()
