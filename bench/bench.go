@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazyfs/lazyfs/index"
 	"github.com/lazyfs/lazyfs/internal/testutil"
 )
 
@@ -108,6 +111,8 @@ type runner struct {
 	recorded map[string]bool // workloads whose prefetch profile was recorded
 
 	labels map[string]string // names of the pushed images' digests, for request timelines
+
+	blocks map[digest.Digest][]index.Block // deflate blocks of the layers scanned for Need
 
 	fsData *fsData // the file-system section's data, when it runs
 }
@@ -315,6 +320,9 @@ func (r *runner) setup(ctx context.Context, ws []Workload) error {
 		if _, _, err := r.command(ctx, log, nil, append(args, r.reg.Addr+"/"+b.Ref)...); err != nil {
 			return fmt.Errorf("index %s: %w", b.Ref, err)
 		}
+		if b.Indexes, err = keptIndexes(idxRoot, b); err != nil {
+			r.logf("%s: compressed bytes needed will not be measured: %v", n, err)
+		}
 		os.RemoveAll(idxRoot)
 		r.res.Images = append(r.res.Images, ImageInfo{Name: n, Ref: b.Ref, Digest: b.Digest, Packages: b.Packages,
 			Env: b.Env, AddedFiles: slices.Sorted(maps.Keys(b.Image.Files)), Layers: layerInfos(b), Files: b.Files, Content: b.Content})
@@ -419,6 +427,13 @@ func (r *runner) measureAll(ctx context.Context, ws []Workload) {
 				r.logf("%s: bytes read not measured: %s", w.Name, wr.Opened.Err)
 			} else {
 				r.logf("%s: the command opened %d files of the image, %s", w.Name, wr.Opened.Files, mb(wr.Opened.Bytes))
+			}
+			wr.Need = r.neededBytes(ctx, w)
+			if wr.Need.Err != "" {
+				r.logf("%s: compressed bytes needed not measured: %s", w.Name, wr.Need.Err)
+			} else {
+				r.logf("%s: the command read %s of %d files, held by %s compressed (deflate blocks), %s at frames (pro rata %s)",
+					w.Name, mb(wr.Need.Read), wr.Need.Files, mb(wr.Need.Blocks), mb(wr.Need.Frames), mb(wr.Need.Estimate))
 			}
 		}
 	}

@@ -68,6 +68,7 @@ type WorkloadResult struct {
 	Workload Workload
 	Image    string
 	Opened   Opened
+	Need     Need
 	Modes    []*ModeResult
 }
 
@@ -76,6 +77,11 @@ type ModeResult struct {
 	Mode, Title string
 	Samples     []Sample
 	Skipped     string // why the mode was not measured
+	// FetchedOverNeeded is the median bytes fetched over the workload's
+	// Need.Blocks, and FetchedOverFrames over Need.Frames (0: not
+	// measured, or a mode that fetches nothing lazily); set by Write.
+	FetchedOverNeeded float64 `json:",omitempty"`
+	FetchedOverFrames float64 `json:",omitempty"`
 }
 
 // Sample is one measurement.
@@ -184,6 +190,15 @@ func median[T int64 | time.Duration](xs []T) T {
 
 // Write writes results.md, results.json, chart.png and machine.txt.
 func (res *Results) Write(dir string) error {
+	for _, wr := range res.Workloads {
+		for _, mr := range wr.Modes {
+			mr.FetchedOverNeeded, mr.FetchedOverFrames = 0, 0
+			if st := summarize(mr.Samples); st.n > 0 && needRatio(st.bytes, wr.Need, mr.Mode) != "" {
+				mr.FetchedOverNeeded = float64(st.bytes) / float64(wr.Need.Blocks)
+				mr.FetchedOverFrames = float64(st.bytes) / float64(wr.Need.Frames)
+			}
+		}
+	}
 	b, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {
 		return err
@@ -286,6 +301,12 @@ func (res *Results) workloadMarkdown(b *strings.Builder, wr *WorkloadResult) {
 		} else {
 			fmt.Fprintf(b, " Bytes the command read: not measured (%s).", mdEscape(wr.Opened.Err))
 		}
+		if n := wr.Need; n.Err == "" && n.Blocks > 0 {
+			fmt.Fprintf(b, " Needed: it read %s of %d files (pages cached after a native run), held by **%s compressed** (deflate blocks), %s at lazyfs's frames (pro rata estimate %s).",
+				mb(n.Read), n.Files, mb(n.Blocks), mb(n.Frames), mb(n.Estimate))
+		} else if n.Err != "" {
+			fmt.Fprintf(b, " Compressed bytes needed: not measured (%s).", mdEscape(n.Err))
+		}
 		b.WriteString("\n\n")
 	}
 	var layers []string
@@ -302,15 +323,15 @@ func (res *Results) workloadMarkdown(b *strings.Builder, wr *WorkloadResult) {
 			}
 		}
 	}
-	b.WriteString("| mode | wall median (min–max) | vs full pull | fetched | requests | notes |\n|---|---|---|---|---|---|\n")
+	b.WriteString("| mode | wall median (min–max) | vs full pull | fetched | fetched / needed (frames × beyond) | requests | notes |\n|---|---|---|---|---|---|---|\n")
 	for _, mr := range wr.Modes {
 		if mr.Skipped != "" && len(mr.Samples) == 0 {
-			fmt.Fprintf(b, "| %s | not measured | | | | %s |\n", mr.Title, mdEscape(mr.Skipped))
+			fmt.Fprintf(b, "| %s | not measured | | | | | %s |\n", mr.Title, mdEscape(mr.Skipped))
 			continue
 		}
 		st := summarize(mr.Samples, layers...)
 		if st.n == 0 {
-			fmt.Fprintf(b, "| %s | failed | | | | %s |\n", mr.Title, mdEscape(st.firstErr))
+			fmt.Fprintf(b, "| %s | failed | | | | | %s |\n", mr.Title, mdEscape(st.firstErr))
 			continue
 		}
 		ratio := ""
@@ -345,7 +366,7 @@ func (res *Results) workloadMarkdown(b *strings.Builder, wr *WorkloadResult) {
 		if st.failed > 0 {
 			notes = append(notes, fmt.Sprintf("%d of %d runs failed: %s", st.failed, st.failed+st.n, mdEscape(st.firstErr)))
 		}
-		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", mr.Title, wallRange(st), ratio, fetched, reqs, strings.Join(notes, "; "))
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s |\n", mr.Title, wallRange(st), ratio, fetched, needRatio(st.bytes, wr.Need, mr.Mode), reqs, strings.Join(notes, "; "))
 	}
 	b.WriteString("\n")
 }
@@ -428,4 +449,16 @@ func ratioString(x float64) string {
 		return fmt.Sprintf("%.2g", x)
 	}
 	return fmt.Sprintf("%.2f", x)
+}
+
+// needRatio is "fetched / needed (frames × beyond)": the bytes fetched
+// over the compressed bytes the command needs, split into what whole
+// frames cost (needed at frames over needed) and what was fetched beyond
+// the frames read (fetched over needed at frames). Empty for modes that
+// fetch nothing lazily or when the need was not measured.
+func needRatio(fetched int64, n Need, mode string) string {
+	if n.Err != "" || n.Blocks <= 0 || n.Frames <= 0 || fetched <= 0 || mode == ModeNative || mode == ModeRootfs || mode == ModeWarm || mode == ModeMount {
+		return ""
+	}
+	return fmt.Sprintf("%.2f (%.2f × %.2f)", float64(fetched)/float64(n.Blocks), float64(n.Frames)/float64(n.Blocks), float64(fetched)/float64(n.Frames))
 }
