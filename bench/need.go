@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,9 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -27,9 +31,10 @@ type Need struct {
 	How string
 	Err string `json:",omitempty"`
 	// Read is the uncompressed bytes of the image's files the command had
-	// read: the pages of the unpacked root's files in the page cache after
-	// a native run that started with none of them there (the kernel's
-	// read-ahead and mmap fault-around included, as on any file system).
+	// read: the pages of the root's files in the page cache after a native
+	// run that started with none of them there, on a file system with the
+	// kernel's default read-ahead of 128 KiB (read-ahead and mmap
+	// fault-around included, as on a FUSE mount).
 	Read int64
 	// Files is how many regular files had pages read.
 	Files int
@@ -60,7 +65,7 @@ type NeedLayer struct {
 	Ranges                         int // merged ranges of the uncompressed stream read
 }
 
-const needHow = "pages of the image's files in the page cache after a native run that began with none cached (posix_fadvise DONTNEED on every file of the unpacked root, then mincore), " +
+const needHow = "pages of the image's files in the page cache after a native run on a copy of the unpacked root (fresh ext4 on a loop device, read-ahead 128 KiB as on a FUSE mount; its pages dropped before the run, checked with mincore), " +
 	"mapped to each layer's uncompressed stream through its index; compressed: the deflate blocks that hold those bytes (each block's compressed span once, windows not counted); at frames: the compressed ranges of the index's frames that hold them"
 
 // unit is a piece of a layer that decodes on its own (a deflate block, a
@@ -311,10 +316,17 @@ func residentRanges(full string, size int64) ([][2]int64, error) {
 	return out, nil
 }
 
-// neededBytes measures what w needs of its image (Need): it drops the
-// unpacked root's files from the page cache, runs w natively (not timed),
-// reads which of their pages are cached, and maps them through the
-// image's layer indexes to compressed bytes.
+// needReadahead is the read-ahead (KiB) of the file system the need is
+// measured on: the kernel's default (VM_READAHEAD_PAGES), which is also
+// what a FUSE mount gets. The root's own disk may read ahead far more (8
+// MiB on the bench VM's), and would make every file look read whole.
+const needReadahead = 128
+
+// neededBytes measures what w needs of its image (Need): it copies the
+// unpacked root onto a fresh ext4 on a loop device whose read-ahead is
+// needReadahead, drops the copy's pages from the page cache, runs w
+// natively on it (not timed), reads which pages are cached, and maps them
+// through the image's layer indexes to compressed bytes.
 func (r *runner) neededBytes(ctx context.Context, w Workload) (n Need) {
 	n.How = needHow
 	b := r.images[w.Image]
@@ -322,43 +334,58 @@ func (r *runner) neededBytes(ctx context.Context, w Workload) (n Need) {
 		n.Err = "the image's layer indexes were not kept"
 		return n
 	}
-	sc, err := newScratch(ctx, r.cfg.WorkDir, "need", 0)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	sc, err := newScratch(ctx, r.cfg.WorkDir, "need", 16<<30)
 	if err != nil {
 		n.Err = err.Error()
 		return n
 	}
 	defer r.closeScratch(sc)
-	argv, err := r.nativeArgv(w, sc.Dir)
+	fail := func(format string, args ...any) Need {
+		n.Err = fmt.Sprintf(format, args...)
+		return n
+	}
+	dev, err := run(ctx, "findmnt", "-n", "-o", "SOURCE", "--target", sc.Dir)
 	if err != nil {
-		n.Err = err.Error()
-		return n
+		return fail("%v", err)
 	}
-	if err := evictFiles(b.roots()); err != nil {
-		n.Err = fmt.Sprintf("drop the root's pages: %v", err)
-		return n
+	dev = strings.TrimSpace(dev)
+	if _, err := run(ctx, "blockdev", "--setra", strconv.Itoa(needReadahead*2), dev); err != nil { // 512-byte sectors
+		return fail("%v", err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	_, out, err := r.command(ctx, r.logPath(w.Name+"-need"), nil, argv...)
-	if err := checkRun(w, out, err); err != nil {
-		n.Err = err.Error()
-		return n
+	var roots []string
+	for i, root := range b.roots() {
+		dst := filepath.Join(sc.Dir, "root"+strconv.Itoa(i))
+		if _, err := run(ctx, "cp", "-a", root, dst); err != nil {
+			return fail("copy the root: %v", err)
+		}
+		roots = append(roots, dst)
+	}
+	if _, err := run(ctx, "sync", "-f", sc.Dir); err != nil {
+		return fail("%v", err)
+	}
+	if err := evictFiles(roots); err != nil {
+		return fail("drop the copy's pages: %v", err)
+	}
+	argv, err := r.nativeArgvOn(w, strings.Join(roots, ":"), filepath.Join(sc.Dir, "run"))
+	if err != nil {
+		return fail("%v", err)
 	}
 	files := imageFiles(b.Indexes)
+	// Pages cached before the run (none expected), to be sure the drop worked.
+	if err := residentFiles(roots, func(string, [][2]int64) { n.Files++ }); err != nil {
+		return fail("pages cached: %v", err)
+	}
+	if n.Files > 0 {
+		return fail("%d files of the copy still had pages cached before the run", n.Files)
+	}
+	_, out, err := r.command(ctx, r.logPath(w.Name+"-need"), nil, argv...)
+	if err := checkRun(w, out, err); err != nil {
+		return fail("%v", err)
+	}
 	ranges := make([][][2]int64, len(b.Indexes))
-	seenIno := map[[2]uint64]bool{}
-	err = walkFiles(b.roots(), func(rel, full string, fi fs.FileInfo) error {
-		if st, ok := fi.Sys().(*unix.Stat_t); ok {
-			k := [2]uint64{uint64(st.Dev), st.Ino}
-			if seenIno[k] {
-				return nil // another name of a file already looked at
-			}
-			seenIno[k] = true
-		}
-		rs, err := residentRanges(full, fi.Size())
-		if err != nil || len(rs) == 0 {
-			return err
-		}
+	err = residentFiles(roots, func(rel string, rs [][2]int64) {
 		n.Files++
 		ref, ok := files[filepath.ToSlash(rel)]
 		for _, fr := range rs {
@@ -373,17 +400,14 @@ func (r *runner) neededBytes(ctx context.Context, w Workload) (n Need) {
 				}
 			}
 		}
-		return nil
 	})
 	if err != nil {
-		n.Err = fmt.Sprintf("pages read: %v", err)
-		return n
+		return fail("pages read: %v", err)
 	}
 	for i, x := range b.Indexes {
 		blocks, err := r.gzipBlocks(ctx, b, i)
 		if err != nil {
-			n.Err = err.Error()
-			return n
+			return fail("%v", err)
 		}
 		nl := layerNeed(x, blocks, ranges[i])
 		n.Layers = append(n.Layers, nl)
@@ -391,7 +415,51 @@ func (r *runner) neededBytes(ctx context.Context, w Workload) (n Need) {
 		n.Frames += nl.Frames
 		n.Estimate += nl.Estimate
 	}
+	if err := writeNeedRanges(r.logPath(w.Name+"-need-ranges"), b.Indexes, ranges); err != nil {
+		r.logf("%s: %v", w.Name, err)
+	}
 	return n
+}
+
+// residentFiles calls fn with each regular file under roots (uppermost
+// first, each inode once) that has pages in the page cache, and their
+// byte ranges.
+func residentFiles(roots []string, fn func(rel string, rs [][2]int64)) error {
+	seenIno := map[[2]uint64]bool{}
+	return walkFiles(roots, func(rel, full string, fi fs.FileInfo) error {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			k := [2]uint64{st.Dev, st.Ino}
+			if seenIno[k] {
+				return nil // another name of a file already looked at
+			}
+			seenIno[k] = true
+		}
+		rs, err := residentRanges(full, fi.Size())
+		if err != nil || len(rs) == 0 {
+			return err
+		}
+		fn(rel, rs)
+		return nil
+	})
+}
+
+// writeNeedRanges writes, per layer, the merged ranges of its uncompressed
+// stream the command read, as JSON beside the workload's logs: what a
+// later analysis of the request timelines compares fetched frames with.
+func writeNeedRanges(logPath string, xs []*index.Index, ranges [][][2]int64) error {
+	type layer struct {
+		Digest string
+		Ranges [][2]int64 // [off, end)
+	}
+	var out []layer
+	for i, x := range xs {
+		out = append(out, layer{Digest: x.Layer.String(), Ranges: mergeRanges(ranges[i])})
+	}
+	data, err := json.Marshal(out)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(strings.TrimSuffix(logPath, ".log")+".json", data, 0o644)
 }
 
 // gzipBlocks returns the deflate blocks of layer i of b (nil if it is not
