@@ -432,8 +432,9 @@ func (r *runner) measureAll(ctx context.Context, ws []Workload) {
 			if wr.Need.Err != "" {
 				r.logf("%s: compressed bytes needed not measured: %s", w.Name, wr.Need.Err)
 			} else {
-				r.logf("%s: the command read %s of %d files, held by %s compressed (deflate blocks), %s at frames (pro rata %s)",
-					w.Name, mb(wr.Need.Read), wr.Need.Files, mb(wr.Need.Blocks), mb(wr.Need.Frames), mb(wr.Need.Estimate))
+				r.logf("%s: the command read %s of %d files, held by %s compressed (deflate blocks), %s at frames (pro rata %s); read-ahead off: %s, %s compressed, %s at frames",
+					w.Name, mb(wr.Need.Read), wr.Need.Files, mb(wr.Need.Blocks), mb(wr.Need.Frames), mb(wr.Need.Estimate),
+					mb(wr.Need.Touched), mb(wr.Need.TouchedBlocks), mb(wr.Need.TouchedFrames))
 			}
 		}
 	}
@@ -498,6 +499,9 @@ func (r *runner) round(ctx context.Context, wr *WorkloadResult, i int) {
 			return // interrupted: not a measurement
 		}
 		if mr := mode(m); mr != nil {
+			if s.Err == "" && (m == ModeCold || m == ModeProfile) {
+				s.Split = split(s.Traffic, wr.Need, r.images[wr.Image].layerDigests(), r.labels)
+			}
 			mr.Samples = append(mr.Samples, s)
 			r.logSample(wr.Workload.Name+" "+m, i, s)
 		}

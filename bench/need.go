@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -52,6 +53,11 @@ type Need struct {
 	// Estimate is Read's compressed size pro rata: per frame, its
 	// compressed size times the share of its bytes read. A cross-check.
 	Estimate int64
+	// Touched, TouchedBlocks and TouchedFrames are Read, Blocks and
+	// Frames measured with read-ahead off (0 KiB): the pages the command
+	// itself touched, a lower bound that no FUSE mount reading ahead as
+	// the kernel does by default meets.
+	Touched, TouchedBlocks, TouchedFrames int64
 	// Unmapped is the bytes read of files no layer index names as a
 	// regular file (none expected).
 	Unmapped int64
@@ -63,6 +69,8 @@ type NeedLayer struct {
 	Digest                         string
 	Read, Blocks, Frames, Estimate int64
 	Ranges                         int // merged ranges of the uncompressed stream read
+
+	frameSpans [][2]int64 // compressed spans of the frames read, merged (for Split)
 }
 
 const needHow = "pages of the image's files in the page cache after a native run on a copy of the unpacked root (fresh ext4 on a loop device, read-ahead 128 KiB as on a FUSE mount; its pages dropped before the run, checked with mincore), " +
@@ -169,11 +177,28 @@ func proRata(units []unit, ranges [][2]int64) int64 {
 	return int64(total + 0.5)
 }
 
+// touchedSpans returns the compressed spans [coff, cend) of the units
+// that yield a byte of ranges (merged), merged.
+func touchedSpans(units []unit, ranges [][2]int64) [][2]int64 {
+	var out [][2]int64
+	last := -1
+	for _, r := range ranges {
+		i := sort.Search(len(units), func(i int) bool { return units[i].end > r[0] })
+		for ; i < len(units) && units[i].off < r[1]; i++ {
+			if i > last {
+				last = i
+				out = append(out, [2]int64{units[i].coff, units[i].cend})
+			}
+		}
+	}
+	return mergeRanges(out)
+}
+
 // layerNeed computes a layer's need from the uncompressed ranges read.
 // blocks are the blob's deflate blocks (nil for an uncompressed layer).
 func layerNeed(x *index.Index, blocks []index.Block, ranges [][2]int64) NeedLayer {
 	ranges = mergeRanges(ranges)
-	nl := NeedLayer{Digest: x.Layer.String(), Ranges: len(ranges)}
+	nl := NeedLayer{Digest: x.Layer.String(), Ranges: len(ranges), frameSpans: touchedSpans(frameUnits(x), ranges)}
 	for _, r := range ranges {
 		nl.Read += r[1] - r[0]
 	}
@@ -327,7 +352,24 @@ const needReadahead = 128
 // needReadahead, drops the copy's pages from the page cache, runs w
 // natively on it (not timed), reads which pages are cached, and maps them
 // through the image's layer indexes to compressed bytes.
-func (r *runner) neededBytes(ctx context.Context, w Workload) (n Need) {
+func (r *runner) neededBytes(ctx context.Context, w Workload) Need {
+	n := r.neededBytesRA(ctx, w, needReadahead)
+	if n.Err != "" {
+		return n
+	}
+	t := r.neededBytesRA(ctx, w, 0)
+	if t.Err != "" {
+		n.Err = "with read-ahead off: " + t.Err
+		return n
+	}
+	n.Touched, n.TouchedBlocks, n.TouchedFrames = t.Read, t.Blocks, t.Frames
+	return n
+}
+
+// neededBytesRA is neededBytes on a file system with read-ahead of raKB
+// KiB; only Read, Files, Blocks, Frames, Estimate, Unmapped and Layers are
+// set.
+func (r *runner) neededBytesRA(ctx context.Context, w Workload, raKB int) (n Need) {
 	n.How = needHow
 	b := r.images[w.Image]
 	if len(b.Indexes) != len(b.Layers) {
@@ -351,7 +393,7 @@ func (r *runner) neededBytes(ctx context.Context, w Workload) (n Need) {
 		return fail("%v", err)
 	}
 	dev = strings.TrimSpace(dev)
-	if _, err := run(ctx, "blockdev", "--setra", strconv.Itoa(needReadahead*2), dev); err != nil { // 512-byte sectors
+	if _, err := run(ctx, "blockdev", "--setra", strconv.Itoa(raKB*2), dev); err != nil { // 512-byte sectors
 		return fail("%v", err)
 	}
 	var roots []string
@@ -380,7 +422,7 @@ func (r *runner) neededBytes(ctx context.Context, w Workload) (n Need) {
 	if n.Files > 0 {
 		return fail("%d files of the copy still had pages cached before the run", n.Files)
 	}
-	_, out, err := r.command(ctx, r.logPath(w.Name+"-need"), nil, argv...)
+	_, out, err := r.command(ctx, r.logPath(fmt.Sprintf("%s-need-ra%d", w.Name, raKB)), nil, argv...)
 	if err := checkRun(w, out, err); err != nil {
 		return fail("%v", err)
 	}
@@ -415,7 +457,7 @@ func (r *runner) neededBytes(ctx context.Context, w Workload) (n Need) {
 		n.Frames += nl.Frames
 		n.Estimate += nl.Estimate
 	}
-	if err := writeNeedRanges(r.logPath(w.Name+"-need-ranges"), b.Indexes, ranges); err != nil {
+	if err := writeNeedRanges(r.logPath(fmt.Sprintf("%s-need-ranges-ra%d", w.Name, raKB)), b.Indexes, ranges); err != nil {
 		r.logf("%s: %v", w.Name, err)
 	}
 	return n
@@ -516,4 +558,54 @@ func keptIndexes(root string, b *builtImage) ([]*index.Index, error) {
 		xs = append(xs, x)
 	}
 	return xs, nil
+}
+
+// Split is where the bytes a measurement fetched went, against its
+// workload's Need (read-ahead 128 KiB).
+type Split struct {
+	NeededFrames int64 // layer bytes in frames that hold bytes the command read
+	OtherFrames  int64 // layer bytes of frames it did not read
+	TOCs         int64 // lazyfs index blobs read from their start (the tocs)
+	Windows      int64 // lazyfs index blobs read elsewhere (deflate windows)
+	Other        int64 // everything else: manifests, configs, profiles, /v2/
+}
+
+// split sorts t's bytes by Split's kinds. layers are the image's layer
+// digests, with n.Layers in the same order; labels name the index blobs
+// ("index of …").
+func split(t Traffic, n Need, layers []string, labels map[string]string) *Split {
+	if n.Err != "" || len(n.Layers) != len(layers) {
+		return nil
+	}
+	spans := map[string][][2]int64{}
+	for i, d := range layers {
+		spans[d] = n.Layers[i].frameSpans
+	}
+	var sp Split
+	for _, q := range t.Log {
+		if q.Written <= 0 {
+			continue
+		}
+		d := ""
+		if q.Digest != "" && q.Method == http.MethodGet {
+			d = q.Digest.String()
+		}
+		off := max(q.Offset, 0)
+		have, isLayer := spans[d]
+		switch {
+		case isLayer:
+			in := overlap(have, [2]int64{off, off + q.Written})
+			sp.NeededFrames += in
+			sp.OtherFrames += q.Written - in
+		case d != "" && strings.HasPrefix(labels[d], "index of "):
+			if off == 0 {
+				sp.TOCs += q.Written
+			} else {
+				sp.Windows += q.Written
+			}
+		default:
+			sp.Other += q.Written
+		}
+	}
+	return &sp
 }

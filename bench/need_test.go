@@ -7,7 +7,10 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/opencontainers/go-digest"
+
 	"github.com/lazyfs/lazyfs/index"
+	"github.com/lazyfs/lazyfs/internal/registrylog"
 	"github.com/lazyfs/lazyfs/internal/testutil"
 )
 
@@ -170,5 +173,31 @@ func TestLayerNeed(t *testing.T) {
 	one := layerNeed(x, blocks, [][2]int64{{2 << 20, 2<<20 + 1}})
 	if one.Blocks <= 0 || one.Blocks >= one.Frames || one.Read != 1 {
 		t.Errorf("layerNeed(one byte) = %+v, want 0 < blocks < frames", one)
+	}
+}
+
+func TestSplit(t *testing.T) {
+	const layer, idx, cfg = "sha256:1111111111111111111111111111111111111111111111111111111111111111",
+		"sha256:2222222222222222222222222222222222222222222222222222222222222222",
+		"sha256:3333333333333333333333333333333333333333333333333333333333333333"
+	n := Need{Layers: []NeedLayer{{frameSpans: [][2]int64{{100, 200}, {500, 600}}}}}
+	get := func(d string, off, written int64) registrylog.Request {
+		return registrylog.Request{Method: "GET", Digest: digest.Digest(d), Offset: off, Written: written}
+	}
+	tr := Traffic{Log: []registrylog.Request{
+		{Method: "GET", URI: "/v2/", Written: 2, Offset: -1},
+		get(cfg, -1, 500),
+		get(idx, 0, 1000),    // toc
+		get(idx, 5000, 300),  // a window
+		get(layer, 150, 400), // 50 in a frame read, 300 not, 50 in the next read one
+		get(layer, 0, 100),   // before any frame read
+	}}
+	got := split(tr, n, []string{layer}, map[string]string{idx: "index of base layer"})
+	want := Split{NeededFrames: 100, OtherFrames: 400, TOCs: 1000, Windows: 300, Other: 502}
+	if got == nil || *got != want {
+		t.Errorf("split = %+v, want %+v", got, want)
+	}
+	if got := split(tr, Need{Err: "x"}, []string{layer}, nil); got != nil {
+		t.Errorf("split without a need = %+v, want nil", got)
 	}
 }

@@ -93,8 +93,11 @@ type Sample struct {
 	Shared  *int64                   `json:",omitempty"` // sharing: bytes of the shared layer that A fetched and B fetched again
 	// SharedNew is, for sharing, the bytes of the shared layer B fetched
 	// that A had not (files only B reads).
-	SharedNew int64  `json:",omitempty"`
-	Err       string `json:",omitempty"`
+	SharedNew int64 `json:",omitempty"`
+	// Split is where the fetched bytes went against the workload's Need
+	// (lazy modes, when the need was measured).
+	Split *Split `json:",omitempty"`
+	Err   string `json:",omitempty"`
 }
 
 // ScaleResult is n containers of one image started at once.
@@ -123,6 +126,7 @@ type stats struct {
 	layerBytes        int64 // median bytes of the image's layer blobs (the rest: manifests, configs, indexes)
 	hasShared         bool
 	firstErr          string
+	split             *Split // medians of each kind; nil when no sample has one
 }
 
 // summarize summarizes samples; layers are the digests of the image's
@@ -131,6 +135,7 @@ func summarize(ss []Sample, layers ...string) stats {
 	var st stats
 	var walls []time.Duration
 	var bytes, reqs, dup, shared, sharedNew, layerBytes []int64
+	var splits [5][]int64
 	phases := map[string][]time.Duration{}
 	for _, s := range ss {
 		if s.Err != "" {
@@ -157,6 +162,11 @@ func summarize(ss []Sample, layers ...string) stats {
 			lb += s.Traffic.Blobs[d]
 		}
 		layerBytes = append(layerBytes, lb)
+		if sp := s.Split; sp != nil {
+			for i, v := range []int64{sp.NeededFrames, sp.OtherFrames, sp.TOCs, sp.Windows, sp.Other} {
+				splits[i] = append(splits[i], v)
+			}
+		}
 	}
 	st.n = len(walls)
 	if st.n == 0 {
@@ -172,6 +182,9 @@ func summarize(ss []Sample, layers ...string) stats {
 		st.shared, st.sharedMax, st.sharedNew = median(shared), slices.Max(shared), median(sharedNew)
 	}
 	st.layerBytes = median(layerBytes)
+	if len(splits[0]) > 0 {
+		st.split = &Split{NeededFrames: median(splits[0]), OtherFrames: median(splits[1]), TOCs: median(splits[2]), Windows: median(splits[3]), Other: median(splits[4])}
+	}
 	return st
 }
 
@@ -359,6 +372,10 @@ func (res *Results) workloadMarkdown(b *strings.Builder, wr *WorkloadResult) {
 		}
 		if mr.Mode != ModeNative && st.bytes > 0 {
 			notes = append(notes, fmt.Sprintf("layers %s, the rest %s", mb(st.layerBytes), mb(st.bytes-st.layerBytes)))
+		}
+		if sp := st.split; sp != nil {
+			notes = append(notes, fmt.Sprintf("in frames read %s, in other frames %s, index tocs %s, windows %s, other %s",
+				mb(sp.NeededFrames), mb(sp.OtherFrames), mb(sp.TOCs), mb(sp.Windows), mb(sp.Other)))
 		}
 		if st.dup > 0 {
 			notes = append(notes, fmt.Sprintf("%s fetched twice", mb(st.dup)))

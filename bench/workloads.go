@@ -118,6 +118,15 @@ type builtImage struct {
 // BaseLayer is the digest of layer 0, shared by every image.
 func (b *builtImage) BaseLayer() string { return b.Layers[0].Digest.String() }
 
+// layerDigests are the layers' digests, base first.
+func (b *builtImage) layerDigests() []string {
+	var out []string
+	for _, l := range b.Layers {
+		out = append(out, l.Digest.String())
+	}
+	return out
+}
+
 // Compressed is the sum of the layers' blob sizes.
 func (b *builtImage) Compressed() int64 {
 	var n int64
