@@ -46,7 +46,9 @@ type PrefetchStats struct {
 // read of a frame not yet requested fetches it itself, and a read of a
 // frame whose request is running waits for that request instead of making
 // its own. Read-ahead is off for a layer while its prefetch runs: the
-// profile says better what will be read.
+// profile says better what will be read. Afterwards, fetch at open and
+// read-ahead keep to the frames p named where the start-up stays on them
+// (OpenedFile, fetchAhead).
 //
 // A failed request is logged and counted, and its frames left to readers;
 // Prefetch returns an error only when ctx ended. A zstd layer the profile
@@ -74,6 +76,7 @@ func (s *Source) Prefetch(ctx context.Context, layers []*index.Index, p *Profile
 			continue
 		}
 		st.Frames += len(frames)
+		s.setProfiled(x, frames)
 		rank := make(map[int]int, len(frames))
 		var missing []int
 		for r, k := range frames {
@@ -331,5 +334,20 @@ func (s *Source) setPrefetching(layer digest.Digest, delta int) {
 	defer s.mu.Unlock()
 	if s.prefetching[layer] += delta; s.prefetching[layer] <= 0 {
 		delete(s.prefetching, layer)
+	}
+}
+
+// setProfiled notes the frames of x a prefetch profile named: fetch at
+// open and read-ahead keep to them (OpenedFile, fetchAhead).
+func (s *Source) setProfiled(x *index.Index, frames []int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	named := s.profiled[x.Layer]
+	if named == nil {
+		named = make([]bool, len(x.Frames))
+		s.profiled[x.Layer] = named
+	}
+	for _, k := range frames {
+		named[k] = true
 	}
 }
