@@ -53,6 +53,11 @@ type Config struct {
 	// file-system measurement: the runs then see the page cache as the
 	// previous ones left it.
 	FSKeepPageCache bool
+	// Mem runs the memory section (mem.go): resident memory of lazyfs
+	// mount and a lazyrun supervisor serving an image of 100 000 files.
+	Mem bool
+	// MemOnly runs the memory section alone (Mem is implied).
+	MemOnly bool
 	// Span is the checkpoint spacing of the pushed indexes (lazyfs index
 	// --span); 0 = lazyfs's default.
 	Span int64
@@ -159,6 +164,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if cfg.FSOnly {
 		cfg.FS, cfg.Workloads, cfg.Scale, cfg.Sharing = true, nil, nil, false
 	}
+	if cfg.MemOnly {
+		cfg.Mem, cfg.FS, cfg.Workloads, cfg.Scale, cfg.Sharing = true, false, nil, nil, false
+	}
 	for _, m := range cfg.Modes {
 		if !slices.Contains(Modes, m) {
 			return nil, fmt.Errorf("mode %q: not one of %s", m, strings.Join(Modes, ", "))
@@ -177,7 +185,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.FSOnly {
+	if cfg.FSOnly || cfg.MemOnly {
 		ws = nil
 	}
 	bins := []string{"lazyrun", "lazyfs"}
@@ -194,7 +202,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	}
 	r.res = &Results{Started: time.Now(), Settings: Settings{Rate: cfg.Rate, RTT: cfg.RTT, Runs: cfg.Runs, Span: cfg.Span,
 		Modes: cfg.Modes, Scale: cfg.Scale, LoopFS: cfg.LoopSize > 0, FS: cfg.FS}}
-	if cfg.FSOnly {
+	if cfg.FSOnly || cfg.MemOnly {
 		r.res.Settings.Modes = nil // no workloads: no start-up modes measured
 	}
 	r.res.Machine = machineInfo(ctx, cfg.BinDir)
@@ -230,6 +238,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	r.measureAll(ctx, ws)
 	if cfg.FS && ctx.Err() == nil {
 		r.measureFS(ctx)
+	}
+	if cfg.Mem && ctx.Err() == nil {
+		r.measureMem(ctx)
 	}
 	r.res.Finished = time.Now()
 	r.res.Machine.LoadEnd = loadavg()
@@ -278,6 +289,12 @@ func (r *runner) setup(ctx context.Context, ws []Workload) error {
 	if r.cfg.FS {
 		r.logf("image %s: minbase and the file-system data layer", fsImage)
 		if err := r.setupFS(ctx); err != nil {
+			return err
+		}
+	}
+	if r.cfg.Mem {
+		r.logf("image %s: minbase and %d generated files", memImage, memFiles)
+		if err := r.setupMem(ctx); err != nil {
 			return err
 		}
 	}

@@ -19,7 +19,8 @@ type Results struct {
 	Workloads         []*WorkloadResult
 	Scale             []*ScaleResult
 	Sharing           []*SharingResult
-	FS                *FSResults `json:",omitempty"` // the file-system section (fs.go)
+	FS                *FSResults  `json:",omitempty"` // the file-system section (fs.go)
+	Mem               *MemSection `json:",omitempty"` // the memory section (mem.go)
 	Notes             []string
 }
 
@@ -279,6 +280,9 @@ func (res *Results) Markdown() string {
 	}
 	if res.FS != nil {
 		res.FS.markdown(&b, res.Settings.Runs)
+	}
+	if res.Mem != nil {
+		res.Mem.markdown(&b)
 	}
 	if len(res.Notes) > 0 {
 		b.WriteString("## Notes\n\n")
