@@ -139,9 +139,10 @@ func (s *Source) Close() {
 
 // fetchAhead starts loading the frames after i when the reader of x moves
 // through it in order. Frames already loading or cached cost a map lookup.
-// While the reader is on frames a prefetch profile named, only frames it
-// named are read ahead: the start-up the profile recorded read no others
-// there (a reader off the profile's frames is read ahead as usual).
+// While the reader is on frames a prefetch profile named, it is read ahead
+// only as far as the frames it named go on without a gap: the start-up
+// the profile recorded read no others there (a reader off the profile's
+// frames is read ahead as usual).
 func (s *Source) fetchAhead(x *index.Index, i int) {
 	s.mu.Lock()
 	prev, seen := s.last[x.Layer]
@@ -149,19 +150,23 @@ func (s *Source) fetchAhead(x *index.Index, i int) {
 	sequential := seen && (prev == i-1 || prev == i) && s.prefetching[x.Layer] == 0
 	from := max(i+1, s.ahead[x.Layer]+1)
 	to := min(i+s.readahead, len(x.Frames)-1)
+	if named := s.profiled[x.Layer]; len(named) == len(x.Frames) && named[i] {
+		// On the profile's frames: ahead only as far as they go on.
+		for j := from; j <= to; j++ {
+			if !named[j] {
+				to = j - 1
+				break
+			}
+		}
+	}
 	if sequential && from <= to {
 		s.ahead[x.Layer] = to
 	}
-	named := s.profiled[x.Layer]
 	s.mu.Unlock()
 	if !sequential || s.stop.Err() != nil {
 		return
 	}
-	onProfile := len(named) == len(x.Frames) && named[i]
 	for j := from; j <= to; j++ {
-		if onProfile && !named[j] {
-			continue
-		}
 		select {
 		case s.aheadSem <- struct{}{}:
 		default:
