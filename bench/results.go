@@ -321,6 +321,9 @@ func (res *Results) workloadMarkdown(b *strings.Builder, wr *WorkloadResult) {
 		if n := wr.Need; n.Err == "" && n.Blocks > 0 {
 			fmt.Fprintf(b, " Needed: it read %s of %d files (pages cached after a native run), held by **%s compressed** (deflate blocks), %s at lazyfs's frames (pro rata estimate %s).",
 				mb(n.Read), n.Files, mb(n.Blocks), mb(n.Frames), mb(n.Estimate))
+			if n.Touched > 0 {
+				fmt.Fprintf(b, " With read-ahead off it touched %s, held by %s compressed (%s at frames).", mb(n.Touched), mb(n.TouchedBlocks), mb(n.TouchedFrames))
+			}
 		} else if n.Err != "" {
 			fmt.Fprintf(b, " Compressed bytes needed: not measured (%s).", mdEscape(n.Err))
 		}

@@ -31,7 +31,7 @@ func TestResultsWrite(t *testing.T) {
 		Images:   []ImageInfo{{Name: "python3", Layers: []LayerInfo{{Digest: layer, Size: 71e6}}, Files: 10, Content: 165e6}},
 		Workloads: []*WorkloadResult{{
 			Workload: Workloads[1], Image: "python3", Opened: Opened{Files: 25, Bytes: 10e6},
-			Need: Need{Read: 5e6, Files: 20, Blocks: 2e6, Frames: 4e6, Estimate: 21e5},
+			Need: Need{Read: 5e6, Files: 20, Blocks: 2e6, Frames: 4e6, Estimate: 21e5, Touched: 3e6, TouchedBlocks: 15e5, TouchedFrames: 35e5},
 			Modes: []*ModeResult{
 				{Mode: ModePull, Title: modeTitles[ModePull], Samples: []Sample{
 					{Wall: sec(7), Traffic: tr(71e6), Phases: map[string]time.Duration{"pull": sec(6.5), "run": sec(0.5)}},
@@ -89,7 +89,7 @@ func TestResultsWrite(t *testing.T) {
 		"| native (unpacked root, no FUSE) | 30 ms (30 ms–30 ms) | 0.004 | – |  | – |  |",
 		"| lazyfs mount, cold cache: until mounted | 400 ms (380 ms–420 ms) |  | 118 kB |  | 7 | 1 layer: manifest, config, indexes, FUSE up (bar: < 0.5 s for two layers at 20 ms RTT); layers 0 B, the rest 118 kB |",
 		"The command opened 25 of its files, 10.0 MB (6.1%).",
-		"Needed: it read 5.0 MB of 20 files (pages cached after a native run), held by **2.0 MB compressed** (deflate blocks), 4.0 MB at lazyfs's frames (pro rata estimate 2.1 MB).",
+		"Needed: it read 5.0 MB of 20 files (pages cached after a native run), held by **2.0 MB compressed** (deflate blocks), 4.0 MB at lazyfs's frames (pro rata estimate 2.1 MB). With read-ahead off it touched 3.0 MB, held by 1.5 MB compressed (3.5 MB at frames).",
 		"| 4 × python3 | 4.00 s (4.00 s–4.00 s) |",
 		"| 3.0 MB |",
 		"| 0 B, 0 B | 1.6 MB |",
