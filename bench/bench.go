@@ -70,8 +70,9 @@ const (
 	ModePodman = "podman" // podman pull, then podman run (fresh storage)
 	ModeCold   = "cold"   // lazyrun run on an empty cache, without a prefetch profile
 	// ModeProfile is lazyrun run on an empty cache with the image's prefetch
-	// profile, recorded once per workload (not measured) by
-	// --record-prefetch on a root of its own.
+	// profile, recorded (not measured) by --record-prefetch on a root of
+	// its own: once per workload, again when another workload of the same
+	// image recorded its own since.
 	ModeProfile = "profile"
 	ModeWarm    = "warm"   // lazyrun run again in the pull's root: cache full
 	ModeNative  = "native" // the command in a chroot on the unpacked root (overlayfs), no FUSE
@@ -113,7 +114,11 @@ type runner struct {
 	podmanEnv    []string
 	podmanPolicy string
 
-	recorded map[string]bool // workloads whose prefetch profile was recorded
+	// recorded names per image the workload whose prefetch profile is the
+	// newest pushed: a start takes the newest, and two workloads of one
+	// image (gcc-version, gcc-hello) would otherwise start with each
+	// other's.
+	recorded map[string]string
 
 	labels map[string]string // names of the pushed images' digests, for request timelines
 
@@ -680,10 +685,11 @@ func (r *runner) measureCold(ctx context.Context, w Workload, profile bool) (s S
 	return s
 }
 
-// recordProfile records and pushes w's prefetch profile once, on a fresh
-// root (a cold start: what it reads is what a cold start needs).
+// recordProfile records and pushes w's prefetch profile on a fresh root
+// (a cold start: what it reads is what a cold start needs), unless the
+// newest profile of its image is w's already.
 func (r *runner) recordProfile(ctx context.Context, w Workload) error {
-	if r.recorded[w.Name] {
+	if r.recorded[w.Image] == w.Name {
 		return nil
 	}
 	sc, err := newScratch(ctx, r.cfg.WorkDir, "record", r.cfg.LoopSize)
@@ -697,9 +703,9 @@ func (r *runner) recordProfile(ctx context.Context, w Workload) error {
 		return fmt.Errorf("record the prefetch profile: %w", err)
 	}
 	if r.recorded == nil {
-		r.recorded = map[string]bool{}
+		r.recorded = map[string]string{}
 	}
-	r.recorded[w.Name] = true
+	r.recorded[w.Image] = w.Name
 	if err := addArtifactLabels(ctx, r.reg.Addr, r.images[w.Image], r.labels); err != nil {
 		r.logf("request timelines will not name %s's profile: %v", w.Image, err)
 	}
