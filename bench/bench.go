@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
+	"github.com/lazyfs/lazyfs/index"
 	"github.com/lazyfs/lazyfs/internal/testutil"
 )
 
@@ -50,6 +53,11 @@ type Config struct {
 	// file-system measurement: the runs then see the page cache as the
 	// previous ones left it.
 	FSKeepPageCache bool
+	// Mem runs the memory section (mem.go): resident memory of lazyfs
+	// mount and a lazyrun supervisor serving an image of 100 000 files.
+	Mem bool
+	// MemOnly runs the memory section alone (Mem is implied).
+	MemOnly bool
 	// Span is the checkpoint spacing of the pushed indexes (lazyfs index
 	// --span); 0 = lazyfs's default.
 	Span int64
@@ -62,8 +70,9 @@ const (
 	ModePodman = "podman" // podman pull, then podman run (fresh storage)
 	ModeCold   = "cold"   // lazyrun run on an empty cache, without a prefetch profile
 	// ModeProfile is lazyrun run on an empty cache with the image's prefetch
-	// profile, recorded once per workload (not measured) by
-	// --record-prefetch on a root of its own.
+	// profile, recorded (not measured) by --record-prefetch on a root of
+	// its own: once per workload, again when another workload of the same
+	// image recorded its own since.
 	ModeProfile = "profile"
 	ModeWarm    = "warm"   // lazyrun run again in the pull's root: cache full
 	ModeNative  = "native" // the command in a chroot on the unpacked root (overlayfs), no FUSE
@@ -105,9 +114,15 @@ type runner struct {
 	podmanEnv    []string
 	podmanPolicy string
 
-	recorded map[string]bool // workloads whose prefetch profile was recorded
+	// recorded names per image the workload whose prefetch profile is the
+	// newest pushed: a start takes the newest, and two workloads of one
+	// image (gcc-version, gcc-hello) would otherwise start with each
+	// other's.
+	recorded map[string]string
 
 	labels map[string]string // names of the pushed images' digests, for request timelines
+
+	blocks map[digest.Digest][]index.Block // deflate blocks of the layers scanned for Need
 
 	fsData *fsData // the file-system section's data, when it runs
 }
@@ -154,6 +169,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if cfg.FSOnly {
 		cfg.FS, cfg.Workloads, cfg.Scale, cfg.Sharing = true, nil, nil, false
 	}
+	if cfg.MemOnly {
+		cfg.Mem, cfg.FS, cfg.Workloads, cfg.Scale, cfg.Sharing = true, false, nil, nil, false
+	}
 	for _, m := range cfg.Modes {
 		if !slices.Contains(Modes, m) {
 			return nil, fmt.Errorf("mode %q: not one of %s", m, strings.Join(Modes, ", "))
@@ -172,7 +190,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.FSOnly {
+	if cfg.FSOnly || cfg.MemOnly {
 		ws = nil
 	}
 	bins := []string{"lazyrun", "lazyfs"}
@@ -189,7 +207,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	}
 	r.res = &Results{Started: time.Now(), Settings: Settings{Rate: cfg.Rate, RTT: cfg.RTT, Runs: cfg.Runs, Span: cfg.Span,
 		Modes: cfg.Modes, Scale: cfg.Scale, LoopFS: cfg.LoopSize > 0, FS: cfg.FS}}
-	if cfg.FSOnly {
+	if cfg.FSOnly || cfg.MemOnly {
 		r.res.Settings.Modes = nil // no workloads: no start-up modes measured
 	}
 	r.res.Machine = machineInfo(ctx, cfg.BinDir)
@@ -225,6 +243,9 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	r.measureAll(ctx, ws)
 	if cfg.FS && ctx.Err() == nil {
 		r.measureFS(ctx)
+	}
+	if cfg.Mem && ctx.Err() == nil {
+		r.measureMem(ctx)
 	}
 	r.res.Finished = time.Now()
 	r.res.Machine.LoadEnd = loadavg()
@@ -276,6 +297,12 @@ func (r *runner) setup(ctx context.Context, ws []Workload) error {
 			return err
 		}
 	}
+	if r.cfg.Mem {
+		r.logf("image %s: minbase and %d generated files", memImage, memFiles)
+		if err := r.setupMem(ctx); err != nil {
+			return err
+		}
+	}
 	for _, n := range names {
 		if r.images[n] != nil {
 			continue
@@ -314,6 +341,9 @@ func (r *runner) setup(ctx context.Context, ws []Workload) error {
 		}
 		if _, _, err := r.command(ctx, log, nil, append(args, r.reg.Addr+"/"+b.Ref)...); err != nil {
 			return fmt.Errorf("index %s: %w", b.Ref, err)
+		}
+		if b.Indexes, err = keptIndexes(idxRoot, b); err != nil {
+			r.logf("%s: compressed bytes needed will not be measured: %v", n, err)
 		}
 		os.RemoveAll(idxRoot)
 		r.res.Images = append(r.res.Images, ImageInfo{Name: n, Ref: b.Ref, Digest: b.Digest, Packages: b.Packages,
@@ -420,6 +450,14 @@ func (r *runner) measureAll(ctx context.Context, ws []Workload) {
 			} else {
 				r.logf("%s: the command opened %d files of the image, %s", w.Name, wr.Opened.Files, mb(wr.Opened.Bytes))
 			}
+			wr.Need = r.neededBytes(ctx, w)
+			if wr.Need.Err != "" {
+				r.logf("%s: compressed bytes needed not measured: %s", w.Name, wr.Need.Err)
+			} else {
+				r.logf("%s: the command read %s of %d files, held by %s compressed (deflate blocks), %s at frames (pro rata %s); read-ahead off: %s, %s compressed, %s at frames",
+					w.Name, mb(wr.Need.Read), wr.Need.Files, mb(wr.Need.Blocks), mb(wr.Need.Frames), mb(wr.Need.Estimate),
+					mb(wr.Need.Touched), mb(wr.Need.TouchedBlocks), mb(wr.Need.TouchedFrames))
+			}
 		}
 	}
 	for i := range r.cfg.Runs {
@@ -483,6 +521,9 @@ func (r *runner) round(ctx context.Context, wr *WorkloadResult, i int) {
 			return // interrupted: not a measurement
 		}
 		if mr := mode(m); mr != nil {
+			if s.Err == "" && (m == ModeCold || m == ModeProfile) {
+				s.Split = split(s.Traffic, wr.Need, r.images[wr.Image].layerDigests(), r.labels)
+			}
 			mr.Samples = append(mr.Samples, s)
 			r.logSample(wr.Workload.Name+" "+m, i, s)
 		}
@@ -644,10 +685,11 @@ func (r *runner) measureCold(ctx context.Context, w Workload, profile bool) (s S
 	return s
 }
 
-// recordProfile records and pushes w's prefetch profile once, on a fresh
-// root (a cold start: what it reads is what a cold start needs).
+// recordProfile records and pushes w's prefetch profile on a fresh root
+// (a cold start: what it reads is what a cold start needs), unless the
+// newest profile of its image is w's already.
 func (r *runner) recordProfile(ctx context.Context, w Workload) error {
-	if r.recorded[w.Name] {
+	if r.recorded[w.Image] == w.Name {
 		return nil
 	}
 	sc, err := newScratch(ctx, r.cfg.WorkDir, "record", r.cfg.LoopSize)
@@ -661,9 +703,9 @@ func (r *runner) recordProfile(ctx context.Context, w Workload) error {
 		return fmt.Errorf("record the prefetch profile: %w", err)
 	}
 	if r.recorded == nil {
-		r.recorded = map[string]bool{}
+		r.recorded = map[string]string{}
 	}
-	r.recorded[w.Name] = true
+	r.recorded[w.Image] = w.Name
 	if err := addArtifactLabels(ctx, r.reg.Addr, r.images[w.Image], r.labels); err != nil {
 		r.logf("request timelines will not name %s's profile: %v", w.Image, err)
 	}

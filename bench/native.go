@@ -38,6 +38,12 @@ exec chroot "$m" /usr/bin/env -i ` + imagePath + ` HOME=/root "$@"`
 // daemons it started (nginx) end with it. The command gets the image's
 // environment (Image.Env) as a container would.
 func (r *runner) nativeArgv(w Workload, dir string, prefix ...string) ([]string, error) {
+	return r.nativeArgvOn(w, r.images[w.Image].lowerDirs(), dir, prefix...)
+}
+
+// nativeArgvOn is nativeArgv with other lower directories (a copy of the
+// image's root).
+func (r *runner) nativeArgvOn(w Workload, lower, dir string, prefix ...string) ([]string, error) {
 	b := r.images[w.Image]
 	var ps []string
 	for _, d := range []string{"upper", "work", "mnt"} {
@@ -48,7 +54,7 @@ func (r *runner) nativeArgv(w Workload, dir string, prefix ...string) ([]string,
 		ps = append(ps, p)
 	}
 	argv := append(prefix, "unshare", "--mount", "--pid", "--net", "--fork", "--propagation", "private",
-		"sh", "-c", nativeScript, "sh", b.lowerDirs(), ps[0], ps[1], ps[2])
+		"sh", "-c", nativeScript, "sh", lower, ps[0], ps[1], ps[2])
 	for _, e := range b.Env {
 		if !strings.Contains(e, "=") || strings.HasPrefix(e, "=") {
 			return nil, fmt.Errorf("image %s: environment entry %q is not NAME=VALUE", b.Name, e)

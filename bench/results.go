@@ -19,7 +19,8 @@ type Results struct {
 	Workloads         []*WorkloadResult
 	Scale             []*ScaleResult
 	Sharing           []*SharingResult
-	FS                *FSResults `json:",omitempty"` // the file-system section (fs.go)
+	FS                *FSResults  `json:",omitempty"` // the file-system section (fs.go)
+	Mem               *MemSection `json:",omitempty"` // the memory section (mem.go)
 	Notes             []string
 }
 
@@ -68,6 +69,7 @@ type WorkloadResult struct {
 	Workload Workload
 	Image    string
 	Opened   Opened
+	Need     Need
 	Modes    []*ModeResult
 }
 
@@ -76,6 +78,11 @@ type ModeResult struct {
 	Mode, Title string
 	Samples     []Sample
 	Skipped     string // why the mode was not measured
+	// FetchedOverNeeded is the median bytes fetched over the workload's
+	// Need.Blocks, and FetchedOverFrames over Need.Frames (0: not
+	// measured, or a mode that fetches nothing lazily); set by Write.
+	FetchedOverNeeded float64 `json:",omitempty"`
+	FetchedOverFrames float64 `json:",omitempty"`
 }
 
 // Sample is one measurement.
@@ -87,8 +94,11 @@ type Sample struct {
 	Shared  *int64                   `json:",omitempty"` // sharing: bytes of the shared layer that A fetched and B fetched again
 	// SharedNew is, for sharing, the bytes of the shared layer B fetched
 	// that A had not (files only B reads).
-	SharedNew int64  `json:",omitempty"`
-	Err       string `json:",omitempty"`
+	SharedNew int64 `json:",omitempty"`
+	// Split is where the fetched bytes went against the workload's Need
+	// (lazy modes, when the need was measured).
+	Split *Split `json:",omitempty"`
+	Err   string `json:",omitempty"`
 }
 
 // ScaleResult is n containers of one image started at once.
@@ -117,6 +127,7 @@ type stats struct {
 	layerBytes        int64 // median bytes of the image's layer blobs (the rest: manifests, configs, indexes)
 	hasShared         bool
 	firstErr          string
+	split             *Split // medians of each kind; nil when no sample has one
 }
 
 // summarize summarizes samples; layers are the digests of the image's
@@ -125,6 +136,7 @@ func summarize(ss []Sample, layers ...string) stats {
 	var st stats
 	var walls []time.Duration
 	var bytes, reqs, dup, shared, sharedNew, layerBytes []int64
+	var splits [5][]int64
 	phases := map[string][]time.Duration{}
 	for _, s := range ss {
 		if s.Err != "" {
@@ -151,6 +163,11 @@ func summarize(ss []Sample, layers ...string) stats {
 			lb += s.Traffic.Blobs[d]
 		}
 		layerBytes = append(layerBytes, lb)
+		if sp := s.Split; sp != nil {
+			for i, v := range []int64{sp.NeededFrames, sp.OtherFrames, sp.TOCs, sp.Windows, sp.Other} {
+				splits[i] = append(splits[i], v)
+			}
+		}
 	}
 	st.n = len(walls)
 	if st.n == 0 {
@@ -166,6 +183,9 @@ func summarize(ss []Sample, layers ...string) stats {
 		st.shared, st.sharedMax, st.sharedNew = median(shared), slices.Max(shared), median(sharedNew)
 	}
 	st.layerBytes = median(layerBytes)
+	if len(splits[0]) > 0 {
+		st.split = &Split{NeededFrames: median(splits[0]), OtherFrames: median(splits[1]), TOCs: median(splits[2]), Windows: median(splits[3]), Other: median(splits[4])}
+	}
 	return st
 }
 
@@ -184,6 +204,15 @@ func median[T int64 | time.Duration](xs []T) T {
 
 // Write writes results.md, results.json, chart.png and machine.txt.
 func (res *Results) Write(dir string) error {
+	for _, wr := range res.Workloads {
+		for _, mr := range wr.Modes {
+			mr.FetchedOverNeeded, mr.FetchedOverFrames = 0, 0
+			if st := summarize(mr.Samples); st.n > 0 && needRatio(st.bytes, wr.Need, mr.Mode) != "" {
+				mr.FetchedOverNeeded = float64(st.bytes) / float64(wr.Need.Blocks)
+				mr.FetchedOverFrames = float64(st.bytes) / float64(wr.Need.Frames)
+			}
+		}
+	}
 	b, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {
 		return err
@@ -252,6 +281,9 @@ func (res *Results) Markdown() string {
 	if res.FS != nil {
 		res.FS.markdown(&b, res.Settings.Runs)
 	}
+	if res.Mem != nil {
+		res.Mem.markdown(&b)
+	}
 	if len(res.Notes) > 0 {
 		b.WriteString("## Notes\n\n")
 		for _, n := range res.Notes {
@@ -286,6 +318,15 @@ func (res *Results) workloadMarkdown(b *strings.Builder, wr *WorkloadResult) {
 		} else {
 			fmt.Fprintf(b, " Bytes the command read: not measured (%s).", mdEscape(wr.Opened.Err))
 		}
+		if n := wr.Need; n.Err == "" && n.Blocks > 0 {
+			fmt.Fprintf(b, " Needed: it read %s of %d files (pages cached after a native run), held by **%s compressed** (deflate blocks), %s at lazyfs's frames (pro rata estimate %s).",
+				mb(n.Read), n.Files, mb(n.Blocks), mb(n.Frames), mb(n.Estimate))
+			if n.Touched > 0 {
+				fmt.Fprintf(b, " With read-ahead off it touched %s, held by %s compressed (%s at frames).", mb(n.Touched), mb(n.TouchedBlocks), mb(n.TouchedFrames))
+			}
+		} else if n.Err != "" {
+			fmt.Fprintf(b, " Compressed bytes needed: not measured (%s).", mdEscape(n.Err))
+		}
 		b.WriteString("\n\n")
 	}
 	var layers []string
@@ -302,15 +343,15 @@ func (res *Results) workloadMarkdown(b *strings.Builder, wr *WorkloadResult) {
 			}
 		}
 	}
-	b.WriteString("| mode | wall median (min–max) | vs full pull | fetched | requests | notes |\n|---|---|---|---|---|---|\n")
+	b.WriteString("| mode | wall median (min–max) | vs full pull | fetched | fetched / needed (frames × beyond) | requests | notes |\n|---|---|---|---|---|---|---|\n")
 	for _, mr := range wr.Modes {
 		if mr.Skipped != "" && len(mr.Samples) == 0 {
-			fmt.Fprintf(b, "| %s | not measured | | | | %s |\n", mr.Title, mdEscape(mr.Skipped))
+			fmt.Fprintf(b, "| %s | not measured | | | | | %s |\n", mr.Title, mdEscape(mr.Skipped))
 			continue
 		}
 		st := summarize(mr.Samples, layers...)
 		if st.n == 0 {
-			fmt.Fprintf(b, "| %s | failed | | | | %s |\n", mr.Title, mdEscape(st.firstErr))
+			fmt.Fprintf(b, "| %s | failed | | | | | %s |\n", mr.Title, mdEscape(st.firstErr))
 			continue
 		}
 		ratio := ""
@@ -339,13 +380,17 @@ func (res *Results) workloadMarkdown(b *strings.Builder, wr *WorkloadResult) {
 		if mr.Mode != ModeNative && st.bytes > 0 {
 			notes = append(notes, fmt.Sprintf("layers %s, the rest %s", mb(st.layerBytes), mb(st.bytes-st.layerBytes)))
 		}
+		if sp := st.split; sp != nil {
+			notes = append(notes, fmt.Sprintf("in frames read %s, in other frames %s, index tocs %s, windows %s, other %s",
+				mb(sp.NeededFrames), mb(sp.OtherFrames), mb(sp.TOCs), mb(sp.Windows), mb(sp.Other)))
+		}
 		if st.dup > 0 {
 			notes = append(notes, fmt.Sprintf("%s fetched twice", mb(st.dup)))
 		}
 		if st.failed > 0 {
 			notes = append(notes, fmt.Sprintf("%d of %d runs failed: %s", st.failed, st.failed+st.n, mdEscape(st.firstErr)))
 		}
-		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", mr.Title, wallRange(st), ratio, fetched, reqs, strings.Join(notes, "; "))
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s |\n", mr.Title, wallRange(st), ratio, fetched, needRatio(st.bytes, wr.Need, mr.Mode), reqs, strings.Join(notes, "; "))
 	}
 	b.WriteString("\n")
 }
@@ -428,4 +473,16 @@ func ratioString(x float64) string {
 		return fmt.Sprintf("%.2g", x)
 	}
 	return fmt.Sprintf("%.2f", x)
+}
+
+// needRatio is "fetched / needed (frames × beyond)": the bytes fetched
+// over the compressed bytes the command needs, split into what whole
+// frames cost (needed at frames over needed) and what was fetched beyond
+// the frames read (fetched over needed at frames). Empty for modes that
+// fetch nothing lazily or when the need was not measured.
+func needRatio(fetched int64, n Need, mode string) string {
+	if n.Err != "" || n.Blocks <= 0 || n.Frames <= 0 || fetched <= 0 || mode == ModeNative || mode == ModeRootfs || mode == ModeWarm || mode == ModeMount {
+		return ""
+	}
+	return fmt.Sprintf("%.2f (%.2f × %.2f)", float64(fetched)/float64(n.Blocks), float64(n.Frames)/float64(n.Blocks), float64(fetched)/float64(n.Frames))
 }

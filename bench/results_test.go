@@ -31,6 +31,7 @@ func TestResultsWrite(t *testing.T) {
 		Images:   []ImageInfo{{Name: "python3", Layers: []LayerInfo{{Digest: layer, Size: 71e6}}, Files: 10, Content: 165e6}},
 		Workloads: []*WorkloadResult{{
 			Workload: Workloads[1], Image: "python3", Opened: Opened{Files: 25, Bytes: 10e6},
+			Need: Need{Read: 5e6, Files: 20, Blocks: 2e6, Frames: 4e6, Estimate: 21e5, Touched: 3e6, TouchedBlocks: 15e5, TouchedFrames: 35e5},
 			Modes: []*ModeResult{
 				{Mode: ModePull, Title: modeTitles[ModePull], Samples: []Sample{
 					{Wall: sec(7), Traffic: tr(71e6), Phases: map[string]time.Duration{"pull": sec(6.5), "run": sec(0.5)}},
@@ -81,13 +82,14 @@ func TestResultsWrite(t *testing.T) {
 	}
 	md := res.Markdown()
 	for _, want := range []string{
-		"| full pull + run (lazyrun pull) | 7.50 s (7.00 s–8.00 s) | 1.00 | 71.0 MB | 3 | pull 7.00 s + run 500 ms; layers 71.0 MB, the rest 100 B |",
-		`| full pull + run (podman) | not measured | | | | podman cannot run here: runc \| crun |`,
-		"| lazy, cold cache | 2.45 s (2.40 s–2.50 s) | 0.33 | 20.0 MB | 3 | layers 20.0 MB, the rest 100 B; 1 of 3 runs failed: lazyrun: exit status 125 |",
-		"| lazy, warm cache (after the pull) | failed | | | | no pull |",
-		"| native (unpacked root, no FUSE) | 30 ms (30 ms–30 ms) | 0.004 | – | – |  |",
-		"| lazyfs mount, cold cache: until mounted | 400 ms (380 ms–420 ms) |  | 118 kB | 7 | 1 layer: manifest, config, indexes, FUSE up (bar: < 0.5 s for two layers at 20 ms RTT); layers 0 B, the rest 118 kB |",
+		"| full pull + run (lazyrun pull) | 7.50 s (7.00 s–8.00 s) | 1.00 | 71.0 MB | 35.50 (2.00 × 17.75) | 3 | pull 7.00 s + run 500 ms; layers 71.0 MB, the rest 100 B |",
+		`| full pull + run (podman) | not measured | | | | | podman cannot run here: runc \| crun |`,
+		"| lazy, cold cache | 2.45 s (2.40 s–2.50 s) | 0.33 | 20.0 MB | 10.00 (2.00 × 5.00) | 3 | layers 20.0 MB, the rest 100 B; 1 of 3 runs failed: lazyrun: exit status 125 |",
+		"| lazy, warm cache (after the pull) | failed | | | | | no pull |",
+		"| native (unpacked root, no FUSE) | 30 ms (30 ms–30 ms) | 0.004 | – |  | – |  |",
+		"| lazyfs mount, cold cache: until mounted | 400 ms (380 ms–420 ms) |  | 118 kB |  | 7 | 1 layer: manifest, config, indexes, FUSE up (bar: < 0.5 s for two layers at 20 ms RTT); layers 0 B, the rest 118 kB |",
 		"The command opened 25 of its files, 10.0 MB (6.1%).",
+		"Needed: it read 5.0 MB of 20 files (pages cached after a native run), held by **2.0 MB compressed** (deflate blocks), 4.0 MB at lazyfs's frames (pro rata estimate 2.1 MB). With read-ahead off it touched 3.0 MB, held by 1.5 MB compressed (3.5 MB at frames).",
 		"| 4 × python3 | 4.00 s (4.00 s–4.00 s) |",
 		"| 3.0 MB |",
 		"| 0 B, 0 B | 1.6 MB |",

@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/lazyfs/lazyfs/index"
 	"github.com/lazyfs/lazyfs/internal/testutil"
 )
 
@@ -109,10 +110,22 @@ type builtImage struct {
 	Files   int              // regular files in the root
 	Pushed  *testutil.PushedImage
 	Config  v1.Config
+	// Indexes are the layers' lazyfs indexes as pushed (base first), for
+	// Need; nil when they could not be kept.
+	Indexes []*index.Index
 }
 
 // BaseLayer is the digest of layer 0, shared by every image.
 func (b *builtImage) BaseLayer() string { return b.Layers[0].Digest.String() }
+
+// layerDigests are the layers' digests, base first.
+func (b *builtImage) layerDigests() []string {
+	var out []string
+	for _, l := range b.Layers {
+		out = append(out, l.Digest.String())
+	}
+	return out
+}
 
 // Compressed is the sum of the layers' blob sizes.
 func (b *builtImage) Compressed() int64 {

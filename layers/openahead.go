@@ -28,6 +28,13 @@ const (
 // fetched. It returns at once. Nothing happens for zstd layers (they are
 // read whole), while a prefetch profile runs for the layer, or after
 // Close.
+//
+// When a prefetch profile named frames of the file, only those are
+// fetched (they were, by the prefetch, unless it failed): the start-up it
+// recorded read no others of the file, and a program that maps a library
+// reads little of it. A file the profile named no frame of is fetched
+// whole as without a profile: the start has gone where the profile did
+// not.
 func (s *Source) OpenedFile(x *index.Index, off, n int64) {
 	if n <= 0 || n > openAheadMaxFile || x.Format == index.FormatZstd || s.stop.Err() != nil {
 		return
@@ -39,7 +46,14 @@ func (s *Source) OpenedFile(x *index.Index, off, n int64) {
 	var missing []int
 	s.mu.Lock()
 	if s.prefetching[x.Layer] == 0 {
+		named := s.profiled[x.Layer]
+		if len(named) != len(x.Frames) || !slices.Contains(named[first:end], true) {
+			named = nil // a file the profile never saw read
+		}
 		for k := first + 1; k < end; k++ {
+			if named != nil && !named[k] {
+				continue
+			}
 			if _, ok := s.inflight[x.Frames[k].Digest]; !ok && s.loading[x.Frames[k].Digest] == 0 {
 				missing = append(missing, k)
 			}

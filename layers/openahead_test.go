@@ -79,3 +79,101 @@ func TestOpenedFileFetchesAhead(t *testing.T) {
 		t.Errorf("an open after Close cached %d frames, want 0", n)
 	}
 }
+
+// profileOf is a profile of the image e naming frames of layer x.
+func (e *pullEnv) profileOf(x *index.Index, frames ...int) *Profile {
+	p := &Profile{Version: profileVersion, Image: e.img.Digest}
+	l := ProfileLayer{Digest: x.Layer}
+	for _, k := range frames {
+		l.Ranges = append(l.Ranges, [2]int64{x.Frames[k].Offset, x.Frames[k].Size})
+	}
+	p.Layers = append(p.Layers, l)
+	return p
+}
+
+// After a prefetch profile named some frames of a file, opening it
+// fetches none of its other frames (the start-up the profile recorded
+// read none); a file it named no frame of, and a layer it did not name,
+// are fetched at open as without a profile.
+func TestOpenedFileKeepsToTheProfile(t *testing.T) {
+	e := newPullEnv(t)
+	gz, tar := e.ls[0].Index, e.ls[1].Index
+	f := entryAt(t, gz, "bin/data")
+	first, end := gz.FramesFor(f.Offset, f.Size)
+	if end-first < 8 {
+		t.Fatalf("bin/data is in frames [%d, %d); the test wants at least 8", first, end)
+	}
+	var m testMetrics
+	src := NewSource(e.client, e.img.Repo, e.store, nil)
+	src.SetMetrics(&m)
+	defer src.Close()
+	if _, err := src.Prefetch(t.Context(), e.indexes(), e.profileOf(gz, first, first+1, first+2), PrefetchConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	e.proxy.ClearStats()
+	src.OpenedFile(gz, f.Offset, f.Size)
+	m.mu.Lock()
+	started := m.aheadStarted
+	m.mu.Unlock()
+	if started != 0 {
+		t.Errorf("opening bin/data after a profile named 3 of its %d frames started %d fetches, want 0", end-first, started)
+	}
+
+	// A range of the layer the profile named nothing of.
+	src.OpenedFile(gz, gz.Frames[first+4].Offset, gz.Frames[first+4].Size+gz.Frames[first+5].Size+gz.Frames[first+6].Size)
+	big := entryAt(t, tar, "etc/big")
+	src.OpenedFile(tar, big.Offset, big.Size)
+	m.mu.Lock()
+	started = m.aheadStarted
+	m.mu.Unlock()
+	if started < 2 {
+		t.Errorf("opening files the profile named nothing of started %d fetches, want at least 2", started)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !e.store.Has(gz.Frames[first+6].Digest) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !e.store.Has(gz.Frames[first+5].Digest) || !e.store.Has(gz.Frames[first+6].Digest) {
+		t.Errorf("frames %d and %d not fetched at open", first+5, first+6)
+	}
+}
+
+// A sequential reader on the frames a profile named is not read ahead
+// past them; off them, it is, as without a profile.
+func TestReadaheadKeepsToTheProfile(t *testing.T) {
+	e := newPullEnv(t)
+	gz := e.ls[0].Index
+	if len(gz.Frames) < 10 {
+		t.Fatalf("layer has %d frames; the test wants 10", len(gz.Frames))
+	}
+	var m testMetrics
+	src := NewSource(e.client, e.img.Repo, e.store, nil)
+	src.SetMetrics(&m)
+	defer src.Close()
+	if _, err := src.Prefetch(t.Context(), e.indexes(), e.profileOf(gz, 1, 2), PrefetchConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{1, 2} {
+		if _, err := src.Frame(t.Context(), gz, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.mu.Lock()
+	started := m.aheadStarted
+	m.mu.Unlock()
+	if started != 0 {
+		t.Errorf("reading the profile's frames 1 and 2 read %d frames ahead, want 0", started)
+	}
+	for _, i := range []int{6, 7} {
+		if _, err := src.Frame(t.Context(), gz, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src.wg.Wait()
+	m.mu.Lock()
+	started = m.aheadStarted
+	m.mu.Unlock()
+	if started == 0 {
+		t.Errorf("reading frames 6 and 7, which the profile did not name, read nothing ahead")
+	}
+}

@@ -46,7 +46,9 @@ type PrefetchStats struct {
 // read of a frame not yet requested fetches it itself, and a read of a
 // frame whose request is running waits for that request instead of making
 // its own. Read-ahead is off for a layer while its prefetch runs: the
-// profile says better what will be read.
+// profile says better what will be read. Afterwards, fetch at open and
+// read-ahead keep to the frames p named where the start-up stays on them
+// (OpenedFile, fetchAhead).
 //
 // A failed request is logged and counted, and its frames left to readers;
 // Prefetch returns an error only when ctx ended. A zstd layer the profile
@@ -74,6 +76,7 @@ func (s *Source) Prefetch(ctx context.Context, layers []*index.Index, p *Profile
 			continue
 		}
 		st.Frames += len(frames)
+		s.setProfiled(x, frames)
 		rank := make(map[int]int, len(frames))
 		var missing []int
 		for r, k := range frames {
@@ -126,6 +129,13 @@ func (s *Source) Prefetch(ctx context.Context, layers []*index.Index, p *Profile
 			s.setPrefetching(j.x.Layer, -1)
 			continue
 		}
+		// Claimed here, in order, not in the goroutine: a request whose
+		// first frame's window is the end of a frame an earlier request
+		// is fetching then sees that claim and waits for it (fetchRun).
+		var claims []claim
+		if !j.whole {
+			claims = s.claimRun(j.x, j.run)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -137,7 +147,7 @@ func (s *Source) Prefetch(ctx context.Context, layers []*index.Index, p *Profile
 				n = j.x.BlobSize
 				_, _, err = s.frame(ctx, j.x, j.run[0])
 			} else {
-				n, err = s.prefetchRun(ctx, j.x, j.run)
+				n, err = s.fetchClaims(ctx, j.x, claims)
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -162,10 +172,22 @@ func (s *Source) Prefetch(ctx context.Context, layers []*index.Index, p *Profile
 // loaded), and stores them; it returns the bytes asked for (0 if there
 // was nothing left to fetch).
 func (s *Source) prefetchRun(ctx context.Context, x *index.Index, run []int) (int64, error) {
-	defer s.foreground(ctx)()
+	return s.fetchClaims(ctx, x, s.claimRun(x, run))
+}
+
+// claimRun claims the frames of run (ascending) of x that are neither
+// cached nor being fetched already (Source.claim), for fetchClaims.
+func (s *Source) claimRun(x *index.Index, run []int) []claim {
 	run = slices.DeleteFunc(slices.Clone(run), func(k int) bool { return s.store.Has(x.Frames[k].Digest) })
+	return s.claim(x, run)
+}
+
+// fetchClaims fetches claimed runs of frames of x (claimRun) in order,
+// each with one Range request, ending each claim; it returns the bytes
+// asked for.
+func (s *Source) fetchClaims(ctx context.Context, x *index.Index, claims []claim) (int64, error) {
+	defer s.foreground(ctx)()
 	var total int64
-	claims := s.claim(x, run)
 	for i, c := range claims {
 		n, err := s.fetchRun(ctx, x, c.frames)
 		c.done()
@@ -192,12 +214,23 @@ func (s *Source) fetchRun(ctx context.Context, x *index.Index, run []int) (int64
 	}
 	// Only the first frame's window may be fetched: every later one is the
 	// end of the frame decoded before it (index.WindowFrom), and the
-	// first's too when the frame before it is cached.
+	// first's too when the frame before it is cached, or is being fetched
+	// by another request of ours (a long run split at MaxRequest, runs
+	// of a profile that meet): then this one's bytes are fetched at once
+	// and decoded once that request has stored the frame before.
 	var o windowOrigin
 	winLast := first - 1
 	var prev []byte
+	var before <-chan struct{} // closed when the request holding frame first-1 ends
 	if x.NeedsWindow(first) {
 		if prev = s.cachedFrame(x, first-1); prev == nil {
+			s.mu.Lock()
+			if ch := s.inflight[x.Frames[first-1].Digest]; ch != nil {
+				before = ch
+			}
+			s.mu.Unlock()
+		}
+		if prev == nil && before == nil {
 			var err error
 			if o, err = s.windowOrigin(x); err != nil {
 				return 0, err
@@ -210,6 +243,21 @@ func (s *Source) fetchRun(ctx context.Context, x *index.Index, run []int) (int64
 	buf, wins, err := readRun(ctx, s.client, s.repo, o, x, first, last, winLast)
 	if err != nil {
 		return n, err
+	}
+	if before != nil {
+		if prev, err = s.windowAfter(ctx, before, x, first); err != nil {
+			return n, err
+		}
+		if prev == nil { // the frame before did not come: fetch the window after all
+			_, wn := x.WindowRange(first, first)
+			n += wn
+			if o, err = s.windowOrigin(x); err == nil {
+				wins[0], err = s.window(ctx, o, x, first)
+			}
+			if err != nil {
+				return n, err
+			}
+		}
 	}
 	for k := first; k <= last; k++ {
 		f := &x.Frames[k]
@@ -334,4 +382,35 @@ func (s *Source) setPrefetching(layer digest.Digest, delta int) {
 	if s.prefetching[layer] += delta; s.prefetching[layer] <= 0 {
 		delete(s.prefetching, layer)
 	}
+}
+
+// setProfiled notes the frames of x a prefetch profile named: fetch at
+// open and read-ahead keep to them (OpenedFile, fetchAhead).
+func (s *Source) setProfiled(x *index.Index, frames []int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	named := s.profiled[x.Layer]
+	if named == nil {
+		named = make([]bool, len(x.Frames))
+		s.profiled[x.Layer] = named
+	}
+	for _, k := range frames {
+		named[k] = true
+	}
+}
+
+// windowAfter waits (at most inflightPatience) for the request that
+// closes before, which is fetching frame first-1 of x, and returns that
+// frame from the cache: frame first's window is its end. It returns nil
+// if the frame is not cached by then (the request failed or is slow).
+func (s *Source) windowAfter(ctx context.Context, before <-chan struct{}, x *index.Index, first int) ([]byte, error) {
+	t := time.NewTimer(inflightPatience)
+	defer t.Stop()
+	select {
+	case <-before:
+	case <-t.C:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return s.cachedFrame(x, first-1), nil
 }

@@ -36,6 +36,7 @@ type Source struct {
 	inflight    map[digest.Digest]chan struct{} // frames a prefetch request is fetching
 	loading     map[digest.Digest]int           // frames a reader or read-ahead is loading: claim leaves them out
 	prefetching map[digest.Digest]int           // prefetch jobs of each layer not finished
+	profiled    map[digest.Digest][]bool        // per layer a profile named, the frames it named (see Prefetch)
 	origins     map[digest.Digest]windowOrigin  // where the windows of each toc-only index are, by toc digest
 	winGroups   map[winGroupKey]*winGroup       // windows fetched for frames near the one asked for, not yet taken
 	winOrder    []winGroupKey                   // winGroups' keys, oldest first (some may be gone)
@@ -77,7 +78,7 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 	}
 	s := &Source{client: client, repo: repo, store: store, log: log,
 		whole: map[digest.Digest]*whole{}, last: map[digest.Digest]int{}, ahead: map[digest.Digest]int{},
-		inflight: map[digest.Digest]chan struct{}{}, loading: map[digest.Digest]int{}, prefetching: map[digest.Digest]int{},
+		inflight: map[digest.Digest]chan struct{}{}, loading: map[digest.Digest]int{}, prefetching: map[digest.Digest]int{}, profiled: map[digest.Digest][]bool{},
 		origins: map[digest.Digest]windowOrigin{}, winGroups: map[winGroupKey]*winGroup{},
 		aheadSem: make(chan struct{}, readaheadLoads), openSem: make(chan struct{}, openAheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead,
 		metrics: noMetrics{}, traffic: NewTraffic(0)}
@@ -140,6 +141,10 @@ func (s *Source) Close() {
 
 // fetchAhead starts loading the frames after i when the reader of x moves
 // through it in order. Frames already loading or cached cost a map lookup.
+// While the reader is on frames a prefetch profile named, it is read ahead
+// only as far as the frames it named go on without a gap: the start-up
+// the profile recorded read no others there (a reader off the profile's
+// frames is read ahead as usual).
 func (s *Source) fetchAhead(x *index.Index, i int) {
 	s.mu.Lock()
 	prev, seen := s.last[x.Layer]
@@ -147,6 +152,15 @@ func (s *Source) fetchAhead(x *index.Index, i int) {
 	sequential := seen && (prev == i-1 || prev == i) && s.prefetching[x.Layer] == 0
 	from := max(i+1, s.ahead[x.Layer]+1)
 	to := min(i+s.readahead, len(x.Frames)-1)
+	if named := s.profiled[x.Layer]; len(named) == len(x.Frames) && named[i] {
+		// On the profile's frames: ahead only as far as they go on.
+		for j := from; j <= to; j++ {
+			if !named[j] {
+				to = j - 1
+				break
+			}
+		}
+	}
 	if sequential && from <= to {
 		s.ahead[x.Layer] = to
 	}

@@ -154,7 +154,8 @@ func TestLazyWindows(t *testing.T) {
 
 // TestPrefetchFetchesWindowsOfARun checks that a profile's run of frames
 // costs one request for the window of its first frame, and none when that
-// frame needs none: later windows are cut from the frames decoded before.
+// frame needs none: later windows are cut from the frames decoded before,
+// also when the run is fetched in several requests at once.
 func TestPrefetchFetchesWindowsOfARun(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
@@ -172,21 +173,32 @@ func TestPrefetchFetchesWindowsOfARun(t *testing.T) {
 		t.Fatalf("the gzip layer's first frame with a window is %d of %d; the test wants a few after it", k, len(x.Frames))
 	}
 	lks, _ := fresh.Inspect(ctx, e.img)
+	origin, err := getWindowOrigin(store, x)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		from, windows int
-	}{{k, 1}, {0, 0}} {
+		maxRequest    int64
+	}{
+		{k, 1, 1 << 30},
+		{0, 0, 1 << 30},
+		// A request per frame, 4 at once: a run whose frame before is
+		// being fetched by another waits for it rather than fetch a window.
+		{k, 1, 1},
+	} {
 		f := x.Frames[tc.from]
 		p := &Profile{Layers: []ProfileLayer{{Digest: x.Layer, Ranges: [][2]int64{{f.Offset, x.TarSize - f.Offset}}}}}
 		src := NewSource(e.client, e.img.Repo, store, nil)
 		e.proxy.ClearStats()
-		st, err := src.Prefetch(ctx, []*index.Index{x}, p, PrefetchConfig{MaxRequest: 1 << 30})
+		st, err := src.Prefetch(ctx, []*index.Index{x}, p, PrefetchConfig{MaxRequest: tc.maxRequest})
 		src.Close()
 		if err != nil || st.Failed != 0 {
 			t.Fatalf("Prefetch = %+v, %v", st, err)
 		}
 		ws := e.proxy.Stats().Blobs[lks[0].Remote.Digest]
 		if ws.Requests != tc.windows || ws.Bytes > 33<<10 {
-			t.Errorf("prefetch of frames %d to %d: %d window requests, %d bytes; want %d, one window at most", tc.from, len(x.Frames)-1, ws.Requests, ws.Bytes, tc.windows)
+			t.Errorf("prefetch of frames %d to %d, requests of %d bytes at most: %d window requests, %d bytes; want %d, one window at most", tc.from, len(x.Frames)-1, tc.maxRequest, ws.Requests, ws.Bytes, tc.windows)
 		}
 		for i := tc.from; i < len(x.Frames); i++ {
 			if !store.Has(x.Frames[i].Digest) {
@@ -194,6 +206,9 @@ func TestPrefetchFetchesWindowsOfARun(t *testing.T) {
 			}
 		}
 		store = openStore(t, t.TempDir())
+		if err := putWindowOrigin(store, x, origin); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

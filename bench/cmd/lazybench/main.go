@@ -54,6 +54,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fsOn      = fs.Bool("fs", true, "file-system speed on a warm cache: --cow=overlay and --cow=fuse against native (-fs=false: skip it)")
 		fsOnly    = fs.Bool("fs-only", false, "run the file-system section alone (no workloads, scale or sharing)")
 		fsDrop    = fs.Bool("fs-drop-caches", true, "sync and drop the kernel's page cache before each file-system measurement")
+		mem       = fs.Bool("mem", false, "memory of lazyfs mount and a lazyrun supervisor serving an image of 100 000 files, after the mount and after a stat walk")
+		memOnly   = fs.Bool("mem-only", false, "run the memory section alone (no workloads, scale, sharing or file-system section)")
 		span      = fs.Int64("span", 0, "uncompressed bytes between index checkpoints of the pushed indexes (0 = lazyfs index's default)")
 	)
 	if err := fs.Parse(args); err != nil {
@@ -61,7 +63,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	cfg := bench.Config{RTT: *rtt, Runs: *runs, ScaleWorkload: *scaleW, Sharing: *sharing,
 		WorkDir: *work, OutDir: *out, BinDir: *bin, Timeout: *timeout, LoopSize: *loopSize, Span: *span, Log: stderr,
-		FS: *fsOn || *fsOnly, FSOnly: *fsOnly, FSKeepPageCache: !*fsDrop}
+		FS: *fsOn || *fsOnly, FSOnly: *fsOnly, FSKeepPageCache: !*fsDrop, Mem: *mem || *memOnly, MemOnly: *memOnly}
 	var err error
 	if cfg.Rate, err = parseRate(*rate); err != nil {
 		fmt.Fprintf(stderr, "lazybench: -rate: %v\n", err)
