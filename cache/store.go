@@ -50,6 +50,9 @@ type Store struct {
 
 	mu  sync.Mutex // guards rec
 	rec recency
+	// checked holds the hex digests of the file copies this Store has
+	// verified (OpenCopy).
+	checked sync.Map
 	// scanned is closed once Open's scan of the frames is in rec: the scan
 	// runs beside the first reads, since a start should not wait for a
 	// walk of a cache shared by every image on the machine.

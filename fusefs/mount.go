@@ -20,9 +20,13 @@ import (
 type Config struct {
 	FSName       string        // shown as the source in /proc/mounts; "" = "lazyfs"
 	CacheTimeout time.Duration // read-only mount: kernel entry and attribute cache lifetime; 0 = 1h (lower layers never change)
-	MaxRead      int           // largest read request in bytes; 0 = 1 MiB less a page, so splice pipes suffice
-	Logger       *slog.Logger  // nil = silent
-	Debug        bool          // log every FUSE request (go-fuse's own debug output)
+	// NoPassthrough keeps a read-only mount from handing the kernel the
+	// cached copies of files (FUSE passthrough, see passthrough.go) and
+	// from making them.
+	NoPassthrough bool
+	MaxRead       int          // largest read request in bytes; 0 = 1 MiB less a page, so splice pipes suffice
+	Logger        *slog.Logger // nil = silent
+	Debug         bool         // log every FUSE request (go-fuse's own debug output)
 
 	// UpperDir makes the mount writable (copy-on-write, see the package
 	// documentation): every change goes to this directory, in overlayfs'
@@ -140,7 +144,7 @@ func mount(dir string, layers []*index.Index, src FrameSource, cfg Config, wrap 
 		// A symlink's target never changes: the kernel may keep it
 		// rather than ask at every path walk through the link.
 		mo.EnableSymlinkCaching = true
-		ro = newROFS(fsys, timeout)
+		ro = newROFS(fsys, timeout, !cfg.NoPassthrough)
 		raw = ro
 	} else {
 		cow, err := newCowFS(fsys, cfg)
@@ -265,6 +269,7 @@ func (m *Mount) unmounted(err error) error {
 		// The connection is gone: a push or relist still under way
 		// fails at once.
 		m.ro.waitPushes()
+		m.ro.pt.waitCopies()
 		m.ro.waitRelist()
 	}
 	return nil

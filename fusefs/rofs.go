@@ -43,12 +43,14 @@ type roFS struct {
 	// attributes, none of them looked up since.
 	listedBare []atomic.Bool
 	relistSem  chan struct{} // held by the relist under way
+
+	pt *passthrough // opens of lower files, and their copies
 }
 
-func newROFS(f *fileSystem, timeout time.Duration) *roFS {
+func newROFS(f *fileSystem, timeout time.Duration, passthrough bool) *roFS {
 	return &roFS{RawFileSystem: fuse.NewDefaultRawFileSystem(), fileSystem: f, timeout: timeout,
 		pushSem: make(chan struct{}, maxPushes), relistSem: make(chan struct{}, 1),
-		listedBare: make([]atomic.Bool, len(f.tree.byIno))}
+		listedBare: make([]atomic.Bool, len(f.tree.byIno)), pt: newPassthrough(f.src, passthrough)}
 }
 
 func (r *roFS) String() string { return "lazyfs" }
@@ -163,10 +165,9 @@ func (r *roFS) Open(cancel <-chan struct{}, in *fuse.OpenIn, out *fuse.OpenOut) 
 	if in.Flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
 		return fuse.EROFS
 	}
-	r.opened(n)
-	// Lower files never change: let the kernel keep their pages.
-	out.Fh = 0
-	out.OpenFlags = fuse.FOPEN_KEEP_CACHE
+	// Lower files never change: the kernel keeps their pages, or reads
+	// their copies itself (passthrough.go).
+	r.openFile(n, out)
 	return fuse.OK
 }
 
@@ -285,8 +286,8 @@ func (r *roFS) store(n *node, off int64, data []byte) {
 	r.server.InodeNotifyStoreCache(n.ino, from, data[from-off:to-off])
 }
 
-// Release has nothing to do: opens keep no state.
-func (r *roFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) {}
+// Release ends an open (passthrough.go).
+func (r *roFS) Release(cancel <-chan struct{}, in *fuse.ReleaseIn) { r.release(in.Fh) }
 
 // OpenDir keeps no state either: listings go by position. When the kernel
 // allows it (FUSE_NO_OPENDIR_SUPPORT, Linux 5.1+) the answer is ENOSYS,

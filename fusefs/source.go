@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"context"
+	"os"
 
 	"github.com/lazyfs/lazyfs/index"
 )
@@ -22,4 +23,18 @@ type FrameSource interface {
 // read. OpenedFile must return at once.
 type FileOpener interface {
 	OpenedFile(layer *index.Index, off, n int64)
+}
+
+// FileCopier is a FrameSource that can keep whole copies of lower regular
+// files, which a read-only mount then hands to the kernel to read from
+// (FUSE passthrough). The file is the n bytes at off of the layer's
+// uncompressed stream.
+type FileCopier interface {
+	// OpenCopy returns the file's copy, checked, or nil when there is
+	// none.
+	OpenCopy(layer *index.Index, off, n int64) *os.File
+	// CopyFile makes the file's copy from the frames the cache holds,
+	// fetching nothing and reading nothing ahead. It reports false when
+	// one of them is not there, or the copy is there already.
+	CopyFile(layer *index.Index, off, n int64) (bool, error)
 }
