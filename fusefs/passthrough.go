@@ -20,10 +20,12 @@ import (
 // supervisor, whose frames come from disk) against 11 ms natively; with
 // its files passed through, 12-14 ms.
 //
-// A copy is made after the fact: an open of a file whose frames are all
-// cached, and that has no copy, copies it in the background (one at a
-// time), so that the next mount passes it through. Cold starts never copy
-// (their frames are not all there) and never wait for a copy.
+// A copy is made after the fact: an open of a file that has no copy
+// queues it, and one goroutine copies the queued files in turn from their
+// cached frames (a file with a frame missing is skipped), so that the next
+// mount passes them through. Cold starts never copy (their frames are not
+// all there) and never wait for a copy; an unmount lets the copy under way
+// finish and drops the rest.
 //
 // The kernel keeps one mode per inode: while an open of it reads through
 // the page cache (FOPEN_KEEP_CACHE), a passthrough open fails (ETXTBSY),
@@ -32,8 +34,9 @@ import (
 // all those opens are released, and the passthrough opens of a node share
 // one registered backing file, unregistered when the last is released.
 const (
-	minCopy = 16 << 10 // smaller files: an open and a read cost about the same either way
-	maxCopy = 64 << 20 // a copy is read into memory whole
+	minCopy   = 16 << 10 // smaller files: an open and a read cost about the same either way
+	maxCopy   = 64 << 20 // a copy is read into memory whole
+	copyQueue = 256      // files waiting to be copied
 )
 
 // passthrough is a read-only mount's record of its open files.
@@ -48,8 +51,11 @@ type passthrough struct {
 	cached  map[*node]int  // the node's opens in the page-cache mode
 	copied  map[*node]bool // nodes this mount copied or tried to
 
-	copySem chan struct{}
-	wg      sync.WaitGroup // copies under way
+	queue     chan *node    // files to copy, in the order opened
+	done      chan struct{} // closed by waitCopies
+	startOnce sync.Once     // of copyQueued
+	stopOnce  sync.Once
+	wg        sync.WaitGroup // copyQueued
 }
 
 type handle struct {
@@ -65,7 +71,8 @@ type backingFile struct {
 
 func newPassthrough(src FrameSource, enabled bool) *passthrough {
 	p := &passthrough{handles: map[uint64]handle{}, backing: map[*node]*backingFile{},
-		cached: map[*node]int{}, copied: map[*node]bool{}, copySem: make(chan struct{}, 1)}
+		cached: map[*node]int{}, copied: map[*node]bool{},
+		queue: make(chan *node, copyQueue), done: make(chan struct{})}
 	if c, ok := src.(FileCopier); ok && enabled {
 		p.copier = c
 	}
@@ -170,32 +177,53 @@ func (r *roFS) release(fh uint64) {
 	b.f.Close()
 }
 
-// copyLater copies n in the background if all its frames are cached and
-// no other copy is under way. Called with p.mu held.
+// copyLater queues n to be copied in the background, if all its frames
+// are cached then; a full queue drops it (a later open tries again).
+// Called with p.mu held.
 func (r *roFS) copyLater(n *node) {
 	p := r.pt
+	p.startOnce.Do(func() {
+		p.wg.Add(1)
+		go r.copyQueued()
+	})
 	select {
-	case p.copySem <- struct{}{}:
+	case p.queue <- n:
+		p.copied[n] = true
 	default:
-		return // busy: a later open tries again
 	}
-	p.copied[n] = true
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		defer func() { <-p.copySem }()
-		e := n.entry
-		made, err := p.copier.CopyFile(r.layers[n.layer], e.Offset, e.Size)
-		if err != nil {
-			r.log.Debug("cannot keep a copy of a file", "ino", n.ino, "err", err)
-		}
-		if !made && err == nil {
-			p.mu.Lock()
-			delete(p.copied, n) // its frames may all be there at its next open
-			p.mu.Unlock()
-		}
-	}()
 }
 
-// waitCopies waits for the copies under way.
-func (p *passthrough) waitCopies() { p.wg.Wait() }
+// copyQueued copies the queued files one after the other until
+// waitCopies.
+func (r *roFS) copyQueued() {
+	p := r.pt
+	defer p.wg.Done()
+	for {
+		select {
+		case <-p.done:
+			return
+		case n := <-p.queue:
+			select {
+			case <-p.done: // the mount is going: the rest is for a later one
+				return
+			default:
+			}
+			e := n.entry
+			made, err := p.copier.CopyFile(r.layers[n.layer], e.Offset, e.Size)
+			if err != nil {
+				r.log.Debug("cannot keep a copy of a file", "ino", n.ino, "err", err)
+			}
+			if !made && err == nil {
+				p.mu.Lock()
+				delete(p.copied, n) // its frames may all be there at its next open
+				p.mu.Unlock()
+			}
+		}
+	}
+}
+
+// waitCopies stops copying, letting a copy under way finish, and waits.
+func (p *passthrough) waitCopies() {
+	p.stopOnce.Do(func() { close(p.done) })
+	p.wg.Wait()
+}

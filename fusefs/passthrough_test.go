@@ -71,9 +71,13 @@ func TestPassthroughOfCopiedFiles(t *testing.T) {
 		big[i] = byte(rand.IntN(7)) // compressible, several frames
 	}
 	small := bytes.Repeat([]byte("s"), minCopy-1)
+	others := [][]byte{bytes.Repeat([]byte("a"), 100_000), bytes.Repeat([]byte("b"), 200_000), bytes.Repeat([]byte("c"), 300_000)}
 	layer := gzipBytes(t, makeTar(t, []tarFile{
 		{hdr: tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o755}, body: big},
 		{hdr: tar.Header{Name: "small", Typeflag: tar.TypeReg, Mode: 0o644}, body: small},
+		{hdr: tar.Header{Name: "a", Typeflag: tar.TypeReg, Mode: 0o644}, body: others[0]},
+		{hdr: tar.Header{Name: "b", Typeflag: tar.TypeReg, Mode: 0o644}, body: others[1]},
+		{hdr: tar.Header{Name: "c", Typeflag: tar.TypeReg, Mode: 0o644}, body: others[2]},
 	}))
 	idxs, mem := buildIndexes(t, [][]byte{layer}, 64<<10)
 	src := &copySource{memSource: mem, dir: t.TempDir()}
@@ -115,7 +119,10 @@ func TestPassthroughOfCopiedFiles(t *testing.T) {
 	defer held.Close()
 	readAll(filepath.Join(first, "big"), big)
 	readAll(filepath.Join(first, "small"), small)
-	waitPuts(1)
+	for i, name := range []string{"a", "b", "c"} { // opened while big is being copied: queued
+		readAll(filepath.Join(first, name), others[i])
+	}
+	waitPuts(4)
 	// The copy exists, but the inode is in the page-cache mode while held
 	// is open: another open must not fail (the kernel would refuse a
 	// passthrough open with ETXTBSY) and reads the same bytes.
@@ -132,7 +139,7 @@ func TestPassthroughOfCopiedFiles(t *testing.T) {
 		t.Errorf("reading the copied file on a new mount decoded %d frames, want 0 (passthrough)", n)
 	}
 	if n := src.opens.Load(); n != 1 {
-		t.Errorf("%d copies opened, want 1", n)
+		t.Errorf("%d copies opened for big, want 1", n)
 	}
 	// Opens of a passed-through inode share its backing file; a mapping
 	// reads the copy too.
@@ -147,7 +154,14 @@ func TestPassthroughOfCopiedFiles(t *testing.T) {
 		t.Errorf("ReadAt through the shared backing file: %v", err)
 	}
 	readAll(filepath.Join(second, "small"), small)
-	if n := src.puts.Load(); n != 1 {
-		t.Errorf("%d copies made, want 1: a file under %d bytes is not copied", n, minCopy)
+	loads = mem.loads.Load()
+	for i, name := range []string{"a", "b", "c"} {
+		readAll(filepath.Join(second, name), others[i])
+	}
+	if n := mem.loads.Load() - loads; n != 0 {
+		t.Errorf("reading the other copied files decoded %d frames, want 0", n)
+	}
+	if n := src.puts.Load(); n != 4 {
+		t.Errorf("%d copies made, want 4: a file under %d bytes is not copied", n, minCopy)
 	}
 }
