@@ -5,7 +5,6 @@ import (
 	"io"
 	"testing"
 
-	"github.com/lazyfs/lazyfs/index"
 	"github.com/lazyfs/lazyfs/internal/testutil"
 )
 
@@ -20,15 +19,7 @@ func TestSourceFileCopies(t *testing.T) {
 	src := NewSource(e.client, e.img.Repo, e.store, nil)
 	defer src.Close()
 	x := ls[0].Index
-	var file *index.Entry
-	for i := range x.Entries {
-		if x.Entries[i].Path == "bin/data" {
-			file = &x.Entries[i]
-		}
-	}
-	if file == nil {
-		t.Fatal("bin/data not in the index")
-	}
+	file := entryOf(t, x, "bin/data")
 	first, end := x.FramesFor(file.Offset, file.Size)
 	e.proxy.ClearStats()
 	if made, err := src.CopyFile(x, file.Offset, file.Size); made || err != nil {

@@ -61,6 +61,18 @@ func openStore(t testing.TB, root string) *cache.Store {
 	return s
 }
 
+// entryOf returns the entry of x at path p.
+func entryOf(t testing.TB, x *index.Index, p string) *index.Entry {
+	t.Helper()
+	for i := range x.Entries {
+		if x.Entries[i].Path == p {
+			return &x.Entries[i]
+		}
+	}
+	t.Fatalf("%s not in the index", p)
+	return nil
+}
+
 func origins(ls []Layer) []Origin {
 	var out []Origin
 	for _, l := range ls {
@@ -264,15 +276,7 @@ func TestSourceServesVerifiedFrames(t *testing.T) {
 	x := ls[0].Index
 	want := make([]byte, 3<<20)
 	testutil.PatternAt(1, 0, want)
-	var file *index.Entry
-	for i := range x.Entries {
-		if x.Entries[i].Path == "bin/data" {
-			file = &x.Entries[i]
-		}
-	}
-	if file == nil {
-		t.Fatal("bin/data not in the index")
-	}
+	file := entryOf(t, x, "bin/data")
 	e.proxy.ClearStats()
 	e.proxy.Corrupt(1)
 	first, end := x.FramesFor(file.Offset+1<<20, 1)
