@@ -97,9 +97,19 @@ func (r *roFS) openFile(n *node, out *fuse.OpenOut) {
 		out.OpenFlags = fuse.FOPEN_KEEP_CACHE
 		return
 	}
+	// Opening a copy reads it whole the first time (its SHA-256 is
+	// checked): not under the lock every open takes.
+	p.mu.Lock()
+	try := p.backing[n] == nil && p.cached[n] == 0 && !p.off && r.server != nil
+	p.mu.Unlock()
+	var f *os.File
+	if try {
+		f = p.copier.OpenCopy(r.layers[n.layer], n.entry.Offset, n.entry.Size)
+	}
+
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if b := p.backingLocked(r, n); b != nil {
+	if b := p.backingLocked(r, n, f); b != nil {
 		b.refs++
 		out.Fh = p.handleLocked(n, true)
 		// FOPEN_KEEP_CACHE and the like are refused with it (EINVAL).
@@ -116,20 +126,20 @@ func (r *roFS) openFile(n *node, out *fuse.OpenOut) {
 	}
 }
 
-// backingLocked returns n's registered backing file, registering its copy
-// if it has one and no open of n reads through the page cache; nil
-// otherwise.
-func (p *passthrough) backingLocked(r *roFS, n *node) *backingFile {
-	if b := p.backing[n]; b != nil {
+// backingLocked returns n's registered backing file, or registers f, the
+// copy of n just opened (nil: none), when no open of n reads through the
+// page cache; nil when n is to be read through the page cache. It closes
+// f when f is not registered.
+func (p *passthrough) backingLocked(r *roFS, n *node, f *os.File) *backingFile {
+	b := p.backing[n]
+	if f == nil {
 		return b
 	}
-	if p.off || p.cached[n] > 0 || r.server == nil {
-		return nil
-	}
-	e := n.entry
-	f := p.copier.OpenCopy(r.layers[n.layer], e.Offset, e.Size)
-	if f == nil {
-		return nil
+	if b != nil || p.cached[n] > 0 || p.off {
+		// Another open registered a copy, or opened n the cached way,
+		// while this one opened f.
+		f.Close()
+		return b
 	}
 	id, errno := r.server.RegisterBackingFd(&fuse.BackingMap{Fd: int32(f.Fd())})
 	if errno != 0 {
@@ -138,7 +148,7 @@ func (p *passthrough) backingLocked(r *roFS, n *node) *backingFile {
 		r.log.Info("the kernel refused a passthrough file: files are read through the mount", "err", syscall.Errno(errno))
 		return nil
 	}
-	b := &backingFile{id: id, f: f}
+	b = &backingFile{id: id, f: f}
 	p.backing[n] = b
 	p.copied[n] = true
 	return b

@@ -361,19 +361,25 @@ func (r *roFS) Readlink(cancel <-chan struct{}, h *fuse.InHeader) ([]byte, fuse.
 	return nil, fuse.EINVAL
 }
 
-func (r *roFS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
+// xattrs returns the extended attributes of node id.
+func (r *roFS) xattrs(id uint64) ([]index.Xattr, fuse.Status) {
 	if r.noXattrs {
 		// The kernel answers EOPNOTSUPP itself from now on.
-		return 0, fuse.ENOSYS
+		return nil, fuse.ENOSYS
 	}
-	n, st := r.node(h.NodeId)
+	n, st := r.node(id)
+	if !st.Ok() || n.entry == nil {
+		return nil, st
+	}
+	return n.entry.Xattrs, fuse.OK
+}
+
+func (r *roFS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, dest []byte) (uint32, fuse.Status) {
+	xs, st := r.xattrs(h.NodeId)
 	if !st.Ok() {
 		return 0, st
 	}
-	if n.entry == nil {
-		return 0, fuse.ENODATA
-	}
-	for _, x := range n.entry.Xattrs {
+	for _, x := range xs {
 		if x.Name == attr {
 			if len(dest) < len(x.Value) {
 				return uint32(len(x.Value)), fuse.ERANGE
@@ -385,18 +391,12 @@ func (r *roFS) GetXAttr(cancel <-chan struct{}, h *fuse.InHeader, attr string, d
 }
 
 func (r *roFS) ListXAttr(cancel <-chan struct{}, h *fuse.InHeader, dest []byte) (uint32, fuse.Status) {
-	if r.noXattrs {
-		return 0, fuse.ENOSYS
-	}
-	n, st := r.node(h.NodeId)
+	xs, st := r.xattrs(h.NodeId)
 	if !st.Ok() {
 		return 0, st
 	}
-	if n.entry == nil {
-		return 0, fuse.OK
-	}
 	var b strings.Builder
-	for _, x := range n.entry.Xattrs {
+	for _, x := range xs {
 		b.WriteString(x.Name)
 		b.WriteByte(0)
 	}
