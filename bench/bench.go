@@ -61,7 +61,10 @@ type Config struct {
 	// Span is the checkpoint spacing of the pushed indexes (lazyfs index
 	// --span); 0 = lazyfs's default.
 	Span int64
-	Log  io.Writer // progress; nil = os.Stderr
+	// BlockSpan is the spacing of the frames without a window inside a
+	// span (lazyfs index --block-span); 0 = lazyfs's default, -1 = none.
+	BlockSpan int64
+	Log       io.Writer // progress; nil = os.Stderr
 }
 
 // The modes measured per workload, in table order.
@@ -205,7 +208,7 @@ func Run(ctx context.Context, cfg Config) (*Results, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.OutDir, "logs"), 0o755); err != nil {
 		return nil, err
 	}
-	r.res = &Results{Started: time.Now(), Settings: Settings{Rate: cfg.Rate, RTT: cfg.RTT, Runs: cfg.Runs, Span: cfg.Span,
+	r.res = &Results{Started: time.Now(), Settings: Settings{Rate: cfg.Rate, RTT: cfg.RTT, Runs: cfg.Runs, Span: cfg.Span, BlockSpan: cfg.BlockSpan,
 		Modes: cfg.Modes, Scale: cfg.Scale, LoopFS: cfg.LoopSize > 0, FS: cfg.FS}}
 	if cfg.FSOnly || cfg.MemOnly {
 		r.res.Settings.Modes = nil // no workloads: no start-up modes measured
@@ -338,6 +341,9 @@ func (r *runner) setup(ctx context.Context, ws []Workload) error {
 		args := []string{filepath.Join(r.cfg.BinDir, "lazyfs"), "--root", idxRoot, "--insecure", "index", "--push"}
 		if r.cfg.Span > 0 {
 			args = append(args, "--span", strconv.FormatInt(r.cfg.Span, 10))
+		}
+		if r.cfg.BlockSpan != 0 {
+			args = append(args, "--block-span", strconv.FormatInt(r.cfg.BlockSpan, 10))
 		}
 		if _, _, err := r.command(ctx, log, nil, append(args, r.reg.Addr+"/"+b.Ref)...); err != nil {
 			return fmt.Errorf("index %s: %w", b.Ref, err)

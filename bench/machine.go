@@ -92,6 +92,12 @@ func (res *Results) machineText() string {
 	} else {
 		fmt.Fprintf(&b, "span         lazyfs's default between index checkpoints\n")
 	}
+	switch {
+	case s.BlockSpan > 0:
+		fmt.Fprintf(&b, "block span   %d bytes between frames without a window (lazyfs index --block-span)\n", s.BlockSpan)
+	case s.BlockSpan < 0:
+		fmt.Fprintf(&b, "block span   none: every frame keeps its window\n")
+	}
 	fmt.Fprintf(&b, "registry at  %s (the proxy)\nruns         %d per measurement (medians reported)\nmodes        %s\n", s.Registry, s.Runs, strings.Join(s.Modes, ", "))
 	fmt.Fprintf(&b, "scale        %v\nstorage      %s\n", s.Scale, map[bool]string{true: "a fresh ext4 on a loop device per cold run", false: "the work directory's file system"}[s.LoopFS])
 	if s.FS {

@@ -37,6 +37,7 @@ type Settings struct {
 	MeasuredGet  time.Duration // median GET /v2/ on a new connection (≈ 2×RTT)
 	MeasuredMbps float64       // one 50 MB blob GET
 	Span         int64         // index checkpoint spacing asked for; 0 = lazyfs's default
+	BlockSpan    int64         `json:",omitempty"` // spacing of frames without a window; 0 = lazyfs's default, -1 = none
 }
 
 // ImageInfo describes a pushed image.

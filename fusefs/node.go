@@ -57,6 +57,9 @@ func (f *fileSystem) readFrames(ctx context.Context, n *node, dest []byte, off i
 // returns the frame that failed.
 func (f *fileSystem) readStream(ctx context.Context, x *index.Index, off int64, buf []byte, used func(i int, data []byte)) (int, error) {
 	first, end := x.FramesFor(off, int64(len(buf)))
+	if rf, ok := f.src.(RunFetcher); ok && end-first > 1 {
+		rf.FetchRun(x, first, end)
+	}
 	got := 0
 	for i := first; i < end; i++ {
 		data, err := f.src.Frame(ctx, x, i)

@@ -25,6 +25,14 @@ type FileOpener interface {
 	OpenedFile(layer *index.Index, off, n int64)
 }
 
+// RunFetcher is a FrameSource that fetches a run of frames with one
+// request: a read that needs more than one frame tells it so before it
+// asks for each (which then waits for that request). FetchRun must
+// return at once.
+type RunFetcher interface {
+	FetchRun(layer *index.Index, first, end int)
+}
+
 // FileCopier is a FrameSource that can keep whole copies of lower regular
 // files, which a read-only mount then hands to the kernel to read from
 // (FUSE passthrough). The file is the n bytes at off of the layer's

@@ -24,6 +24,13 @@ import (
 // python3 and gcc 12–47 % sooner; 128 KiB was slower again (more round trips).
 const DefaultSpan = 256 << 10
 
+// DefaultBlockSpan is the uncompressed distance between frame starts
+// inside a span when BuildOptions leaves it unset: frames that keep no
+// window (Frame.PrevWindow) start at the first deflate block at least
+// this far past the frame before. See docs/architecture.md, "Choosing the
+// span".
+const DefaultBlockSpan = 64 << 10
+
 // MaxSpan is the largest BuildOptions.Span.
 const MaxSpan = 32 << 20
 
@@ -40,7 +47,13 @@ const MaxFrameSize = 64 << 20
 
 // BuildOptions tune index building. The zero value is usable.
 type BuildOptions struct {
-	Span int64 // uncompressed bytes between frame starts; 0 = DefaultSpan
+	Span int64 // uncompressed bytes between frame starts with a window; 0 = DefaultSpan
+	// BlockSpan is the uncompressed bytes between frame starts inside a
+	// span, at deflate blocks, for frames that keep no window (gzip only:
+	// Frame.PrevWindow); 0 = DefaultBlockSpan, negative or not below Span
+	// = none. At least 32 KiB, a window's length, so that the frame before
+	// always holds the window.
+	BlockSpan int64
 	// MaxEntries bounds the entries of a layer (a tar bomb of empty files
 	// costs ~700 bytes of memory per entry here and again in a mount);
 	// 0 = DefaultMaxEntries.
@@ -86,6 +99,15 @@ func Build(ctx context.Context, layer digest.Digest, r io.Reader, opt BuildOptio
 		opt.MaxWindowBytes = encMaxDecoded
 	}
 	opt.Span = span
+	switch {
+	case opt.BlockSpan == 0:
+		opt.BlockSpan = DefaultBlockSpan
+	case opt.BlockSpan > 0 && opt.BlockSpan < maxWindowLen:
+		return nil, fmt.Errorf("index %s: block span of %d bytes: %w (at least %d)", layer, opt.BlockSpan, ErrUnsupported, maxWindowLen)
+	}
+	if opt.BlockSpan < 0 || opt.BlockSpan >= span {
+		opt.BlockSpan = span
+	}
 	x := &Index{Layer: layer}
 	switch {
 	case bytes.HasPrefix(head, gzipMagic):
@@ -129,26 +151,36 @@ func buildTar(x *Index, r io.Reader, opt BuildOptions) error {
 }
 
 // buildGzip decompresses the blob once with an inflater that reports deflate
-// block starts, and starts a frame at the first block start past each span.
+// block starts, and starts a frame at the first block start past each
+// block span; of those, the first past each span (and every gzip member's
+// first block) keeps its window, and the others keep only its length.
 func buildGzip(x *Index, r io.Reader, opt BuildOptions) error {
 	pr, pw := io.Pipe()
 	fw := newFrameWriter(0, nil)
-	var starts []inflate.Checkpoint
-	var windows int64 // bytes of the windows in starts
+	var starts []inflate.Checkpoint // a nil Window with a length in prevWindow: a frame that keeps none
+	var prevWindow []uint32
+	var windows int64 // bytes of the windows kept
+	var kept int64    // Out of the last start that kept its window
 	scanErr := make(chan error, 1)
 	go func() {
-		err := inflate.Scan(r, io.MultiWriter(fw, pw), opt.Span, func(cp inflate.Checkpoint) error {
-			if windows += int64(len(cp.Window)); windows > opt.MaxWindowBytes {
-				return fmt.Errorf("%w: more than %d bytes of deflate windows for %d frames (a gzip bomb, or a layer too large for frames every %d bytes)",
-					ErrUnsupported, opt.MaxWindowBytes, len(starts)+1, opt.Span)
-			}
+		err := inflate.Scan(r, io.MultiWriter(fw, pw), opt.BlockSpan, func(cp inflate.Checkpoint) error {
 			fw.cut(cp.Out)
+			var pwin uint32
+			if len(cp.Window) > 0 && cp.Out-kept < opt.Span {
+				pwin, cp.Window = uint32(len(cp.Window)), nil
+			} else {
+				kept = cp.Out
+				if windows += int64(len(cp.Window)); windows > opt.MaxWindowBytes {
+					return fmt.Errorf("%w: more than %d bytes of deflate windows for %d frames (a gzip bomb, or a layer too large for frames every %d bytes)",
+						ErrUnsupported, opt.MaxWindowBytes, len(starts)+1, opt.Span)
+				}
+			}
 			// An empty gzip member yields two checkpoints at one offset:
 			// resume from the later one, past the empty member.
 			if n := len(starts); n > 0 && starts[n-1].Out == cp.Out {
-				starts[n-1] = cp
+				starts[n-1], prevWindow[n-1] = cp, pwin
 			} else {
-				starts = append(starts, cp)
+				starts, prevWindow = append(starts, cp), append(prevWindow, pwin)
 			}
 			return nil
 		})
@@ -176,7 +208,7 @@ func buildGzip(x *Index, r io.Reader, opt BuildOptions) error {
 		if cp.Out != f.Offset {
 			return fmt.Errorf("%w: checkpoint %d at %d, frame at %d", ErrCorrupt, i, cp.Out, f.Offset)
 		}
-		f.CompressedOffset, f.Bits, f.Window = cp.In, cp.Bits, cp.Window
+		f.CompressedOffset, f.Bits, f.Window, f.PrevWindow = cp.In, cp.Bits, cp.Window, prevWindow[i]
 		// The last frame runs to the blob's end; the others stop after the
 		// byte that holds the next block's first bit.
 		f.CompressedSize = -1

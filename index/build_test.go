@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	kgzip "github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 )
@@ -158,11 +159,19 @@ func checkFrames(t *testing.T, x *Index, blob, tarData []byte) {
 	if x.TarSize != int64(len(tarData)) || x.BlobSize != int64(len(blob)) {
 		t.Fatalf("TarSize %d BlobSize %d, want %d %d", x.TarSize, x.BlobSize, len(tarData), len(blob))
 	}
+	var prev []byte
 	for i, f := range x.Frames {
-		got, err := x.DecodeFrame(i, blob[f.CompressedOffset:f.CompressedOffset+f.CompressedSize])
+		comp := blob[f.CompressedOffset : f.CompressedOffset+f.CompressedSize]
+		if x.NeedsFrameBefore(i) {
+			if _, err := x.DecodeFrame(i, comp); !errors.Is(err, ErrNeedsFrameBefore) {
+				t.Fatalf("DecodeFrame(%d) of a frame without a window = %v, want ErrNeedsFrameBefore", i, err)
+			}
+		}
+		got, err := x.DecodeFrameWith(i, comp, x.WindowFrom(i, prev))
 		if err != nil {
 			t.Fatalf("DecodeFrame(%d): %v", i, err)
 		}
+		prev = got
 		if want := tarData[f.Offset : f.Offset+f.Size]; !bytes.Equal(got, want) {
 			t.Fatalf("DecodeFrame(%d) [%d,+%d) differs from the stream", i, f.Offset, f.Size)
 		}
@@ -214,23 +223,143 @@ func TestBuildFormats(t *testing.T) {
 		{"gzip two members", multi, FormatGzip},
 		{"zstd", zbuf.Bytes(), FormatZstd},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			d := digest.FromBytes(tc.blob)
-			x, err := Build(t.Context(), d, bytes.NewReader(tc.blob), BuildOptions{Span: 32 << 10})
+		for _, opt := range []BuildOptions{{Span: 32 << 10}, {Span: 160 << 10, BlockSpan: 32 << 10}} {
+			t.Run(fmt.Sprintf("%s/span %d block %d", tc.name, opt.Span, opt.BlockSpan), func(t *testing.T) {
+				d := digest.FromBytes(tc.blob)
+				x, err := Build(t.Context(), d, bytes.NewReader(tc.blob), opt)
+				if err != nil {
+					t.Fatalf("Build: %v", err)
+				}
+				chained := 0
+				for i := range x.Frames {
+					if x.NeedsFrameBefore(i) {
+						chained++
+					}
+				}
+				if chained > 0 && (opt.BlockSpan == 0 || tc.format != FormatGzip) {
+					t.Errorf("%d of %d frames keep no window in a %s layer with %+v", chained, len(x.Frames), tc.format, opt)
+				}
+				if x.Format != tc.format || x.Layer != d {
+					t.Errorf("Build format %s layer %s, want %s %s", x.Format, x.Layer, tc.format, d)
+				}
+				if len(x.Entries) != 40 {
+					t.Errorf("Build found %d entries, want 40", len(x.Entries))
+				}
+				if len(x.Frames) < 5 {
+					t.Errorf("Build made %d frames over %d bytes with 32 KiB spans", len(x.Frames), len(tarData))
+				}
+				checkFrames(t, x, tc.blob, tarData)
+			})
+		}
+	}
+}
+
+// TestBuildBlockSpan checks where frames without a window start: at
+// deflate blocks at least BlockSpan apart, with a frame keeping its
+// window at least every Span, and at every member's start.
+func TestBuildBlockSpan(t *testing.T) {
+	tarData := testLayer(t)
+	// klauspost's fast levels end a block every 64 KiB; Go's own encoder
+	// makes blocks longer than these spans.
+	kgz := func(data []byte, level int) []byte {
+		var buf bytes.Buffer
+		zw, err := kgzip.NewWriterLevel(&buf, level)
+		if err != nil {
+			t.Fatal(err)
+		}
+		zw.Write(data)
+		zw.Close()
+		return buf.Bytes()
+	}
+	blob := kgz(tarData, 3)
+	for _, opt := range []BuildOptions{
+		{Span: 256 << 10},
+		{Span: 256 << 10, BlockSpan: 32 << 10},
+		{Span: 256 << 10, BlockSpan: 100 << 10},
+		{Span: 128 << 10, BlockSpan: -1},
+		{Span: 64 << 10, BlockSpan: 64 << 10},
+	} {
+		t.Run(fmt.Sprintf("span %d block %d", opt.Span, opt.BlockSpan), func(t *testing.T) {
+			x, err := Build(t.Context(), "", bytes.NewReader(blob), opt)
 			if err != nil {
-				t.Fatalf("Build: %v", err)
+				t.Fatal(err)
 			}
-			if x.Format != tc.format || x.Layer != d {
-				t.Errorf("Build format %s layer %s, want %s %s", x.Format, x.Layer, tc.format, d)
+			checkFrames(t, x, blob, tarData)
+			block := opt.BlockSpan
+			if block == 0 {
+				block = DefaultBlockSpan
 			}
-			if len(x.Entries) != 40 {
-				t.Errorf("Build found %d entries, want 40", len(x.Entries))
+			var chained int
+			var kept int64 // Offset of the last frame with its own window
+			for i, f := range x.Frames {
+				if !x.NeedsFrameBefore(i) {
+					if i > 0 && f.Offset-kept < opt.Span {
+						t.Errorf("frame %d keeps a window %d bytes after the last, want ≥ %d", i, f.Offset-kept, opt.Span)
+					}
+					kept = f.Offset
+					continue
+				}
+				chained++
+				if block < 0 || block >= opt.Span {
+					t.Fatalf("frame %d keeps no window with %+v", i, opt)
+				}
+				if prev := x.Frames[i-1].Size; prev < block || int64(f.PrevWindow) != min(prev, maxWindowLen) {
+					t.Errorf("frame %d: PrevWindow %d after a %d-byte frame, want frames ≥ %d", i, f.PrevWindow, prev, block)
+				}
+				if f.Offset-kept >= opt.Span+MaxFrameSize {
+					t.Errorf("frame %d is %d bytes past a window", i, f.Offset-kept)
+				}
 			}
-			if len(x.Frames) < 5 {
-				t.Errorf("Build made %d frames over %d bytes with 32 KiB spans", len(x.Frames), len(tarData))
+			if want := block > 0 && block < opt.Span; (chained > 0) != want {
+				t.Errorf("%d of %d frames keep no window, want some: %v", chained, len(x.Frames), want)
 			}
-			checkFrames(t, x, tc.blob, tarData)
+			// Round trips through both encodings, whole and as a toc.
+			data := mustMarshal(t, x)
+			y, err := Decode(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkFrames(t, y, blob, tarData)
+			tocLen, _, _ := TOCLen(data)
+			toc, err := Decode(data[:tocLen])
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range x.Frames {
+				if toc.Frames[i].PrevWindow != x.Frames[i].PrevWindow || y.Frames[i].PrevWindow != x.Frames[i].PrevWindow {
+					t.Fatalf("frame %d: PrevWindow %d, decoded %d (whole) and %d (toc)", i, x.Frames[i].PrevWindow, y.Frames[i].PrevWindow, toc.Frames[i].PrevWindow)
+				}
+				if toc.NeedsFrameBefore(i) && toc.NeedsWindow(i) {
+					t.Fatalf("frame %d needs the frame before and a window", i)
+				}
+			}
 		})
+	}
+	// Members start frames that keep their window (an empty one).
+	cut := len(tarData) / 3
+	multi := append(kgz(tarData[:cut], 3), kgz(tarData[cut:], 1)...)
+	x, err := Build(t.Context(), "", bytes.NewReader(multi), BuildOptions{Span: 256 << 10, BlockSpan: 32 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := tarData
+	var prev []byte
+	memberStart := false
+	for i, f := range x.Frames {
+		got, err := x.DecodeFrameWith(i, multi[f.CompressedOffset:f.CompressedOffset+f.CompressedSize], x.WindowFrom(i, prev))
+		if err != nil || !bytes.Equal(got, want[f.Offset:f.Offset+f.Size]) {
+			t.Fatalf("frame %d of two members: %v", i, err)
+		}
+		prev = got
+		if f.Offset == int64(cut) {
+			memberStart = true
+			if x.NeedsFrameBefore(i) || len(f.Window) != 0 {
+				t.Errorf("frame %d starts the second member with a window", i)
+			}
+		}
+	}
+	if !memberStart {
+		t.Errorf("no frame starts at the second member")
 	}
 }
 

@@ -2,6 +2,7 @@ package index
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 
@@ -9,6 +10,10 @@ import (
 
 	"github.com/lazyfs/lazyfs/index/internal/inflate"
 )
+
+// ErrNeedsFrameBefore is wrapped when a frame that keeps no window
+// (Frame.PrevWindow) is decoded without the end of the frame before.
+var ErrNeedsFrameBefore = errors.New("index: frame decodes only after the frame before it")
 
 // DecodeFrame turns the compressed bytes of frame i (the blob's bytes
 // [CompressedOffset, CompressedOffset+CompressedSize)) into the frame's
@@ -20,10 +25,12 @@ func (x *Index) DecodeFrame(i int, compressed []byte) ([]byte, error) {
 	return x.DecodeFrameWith(i, compressed, nil)
 }
 
-// DecodeFrameWith is DecodeFrame for a frame whose window is not loaded:
-// window is the frame's window as Windows returns it (ignored, and may be
-// nil, when the frame needs none). A wrong window decodes to wrong bytes,
-// which the frame's digest catches.
+// DecodeFrameWith is DecodeFrame for a frame whose window is not loaded,
+// or that keeps none (NeedsFrameBefore): window is the frame's window as
+// Windows or WindowFrom returns it (ignored, and may be nil, when the
+// frame needs none). A wrong window decodes to wrong bytes, which the
+// frame's digest catches. A frame that needs the frame before and gets no
+// window is an error wrapping ErrNeedsFrameBefore.
 func (x *Index) DecodeFrameWith(i int, compressed, window []byte) ([]byte, error) {
 	if i < 0 || i >= len(x.Frames) {
 		return nil, fmt.Errorf("decode frame %d of %d: no such frame", i, len(x.Frames))
@@ -32,6 +39,15 @@ func (x *Index) DecodeFrameWith(i int, compressed, window []byte) ([]byte, error
 	win, err := x.window(i)
 	if err != nil {
 		return nil, fmt.Errorf("decode frame %d of layer %s: %w", i, x.Layer, err)
+	}
+	if f.PrevWindow > 0 {
+		switch {
+		case window == nil:
+			return nil, fmt.Errorf("decode frame %d of layer %s: %w", i, x.Layer, ErrNeedsFrameBefore)
+		case len(window) != int(f.PrevWindow):
+			return nil, fmt.Errorf("decode frame %d: %w: window of %d bytes, want %d", i, ErrCorrupt, len(window), f.PrevWindow)
+		}
+		win = window
 	}
 	if x.NeedsWindow(i) {
 		if want := int(x.win.refs[i].raw); len(window) != want {

@@ -64,7 +64,9 @@ import (
 //	    [not tar] cOffDelta svarint: CompressedOffset − (previous
 //	              CompressedOffset+CompressedSize, 0 for the first)
 //	    [not tar] cSize uvarint (tar: CompressedOffset=Offset, CompressedSize=Size)
-//	    bits      1 byte
+//	    bits      1 byte: the start bits (0–7); 0x80: the frame keeps no
+//	              window (Frame.PrevWindow), and the window field below is
+//	              then only the uvarint length to cut from the frame before
 //	    window    uvarint length + bytes
 //	    digest    32 bytes, raw SHA-256
 //	  nEntries × entry:
@@ -91,12 +93,16 @@ import (
 //
 // Builds before sparse files were supported refused 0x40 on a regular file,
 // so encodings without sparse files are unchanged, and one with a sparse
-// file is refused by such a build as corrupt (not mis-read).
+// file is refused by such a build as corrupt (not mis-read). Likewise a
+// frame that keeps no window (bits 0x80) fails an older build's check of
+// the start bits, so it rebuilds the index rather than mis-read it.
 const (
 	encMagic    = "LZFSIDX\x00"
 	encVersion1 = 1
-	encVersion2 = 2
-	encVersion  = encVersion2 // what MarshalBinary writes
+	// bitsPrevWindow marks a frame that keeps no window in its bits byte.
+	bitsPrevWindow = 0x80
+	encVersion2    = 2
+	encVersion     = encVersion2 // what MarshalBinary writes
 
 	// maxHeadLen is the most bytes an envelope's header (magic, version
 	// and the lengths) takes: TOCLen needs no more.
@@ -323,8 +329,10 @@ func (x *Index) appendBody(b []byte, version int, refs []winRef) ([]byte, int64,
 			b = binary.AppendUvarint(b, uint64(f.CompressedSize))
 			cEnd = f.CompressedOffset + f.CompressedSize
 		}
-		b = append(b, f.Bits)
-		if version == encVersion1 {
+		if f.PrevWindow > 0 {
+			b = append(b, f.Bits|bitsPrevWindow)
+			b = binary.AppendUvarint(b, uint64(f.PrevWindow))
+		} else if b = append(b, f.Bits); version == encVersion1 {
 			b = binary.AppendUvarint(b, uint64(len(f.Window)))
 			b = append(b, f.Window...)
 		} else {
@@ -667,7 +675,19 @@ func decodeBodyV(body []byte, pbudget *int64, version int, tocLen, winLen int64)
 		}
 		f.Bits = d.byte("bits")
 		wl := d.uvarint("window length")
-		if version == encVersion1 {
+		if f.Bits&bitsPrevWindow != 0 {
+			// No window of its own: its length, cut from the frame before.
+			f.Bits &^= bitsPrevWindow
+			switch {
+			case d.msg != "":
+			case x.Format != FormatGzip:
+				d.failf("a window in a %s layer (gzip only)", x.Format)
+			case wl == 0 || wl > maxWindowLen:
+				d.failf("window of %d bytes from the frame before, want 1 to %d", wl, maxWindowLen)
+			default:
+				f.PrevWindow = uint32(wl)
+			}
+		} else if version == encVersion1 {
 			if w := d.bytes(wl, "window"); len(w) > 0 {
 				f.Window = w // points into body until copied below
 				winBytes += len(w)

@@ -118,13 +118,18 @@ func encSamples() map[string]*Index {
 		},
 		Entries: []Entry{{Path: "only", Type: TypeReg, Size: 2000, Offset: 512, ModTime: time.Unix(1700000000, 1)}},
 	}
+	// Frames 1 and 2 keep no window: theirs is the end of the frame before.
+	chained := encSampleIndex()
+	chained.Frames[1].Window, chained.Frames[1].PrevWindow = nil, 32<<10
+	chained.Frames[2].Window, chained.Frames[2].PrevWindow = nil, 100
 	return map[string]*Index{
-		"gzip sample": encSampleIndex(),
-		"tar":         tarIdx,
-		"zstd":        zstdIdx,
-		"empty":       {Format: FormatTar},
-		"golden":      encGoldenIndex(),
-		"sparse":      encGoldenSparseIndex(),
+		"gzip sample":                         encSampleIndex(),
+		"gzip, windows from the frame before": chained,
+		"tar":                                 tarIdx,
+		"zstd":                                zstdIdx,
+		"empty":                               {Format: FormatTar},
+		"golden":                              encGoldenIndex(),
+		"sparse":                              encGoldenSparseIndex(),
 	}
 }
 

@@ -149,6 +149,15 @@ type Frame struct {
 	// that back-references may reach (empty at a member's start).
 	Bits   uint8
 	Window []byte
+
+	// PrevWindow, when above 0, says the frame keeps no window of its
+	// own: its window is the last PrevWindow bytes of the frame before,
+	// decoded (WindowFrom), so it decodes only after that one. Such
+	// frames start at deflate blocks between checkpoints (BuildOptions.
+	// BlockSpan): a read fetches from the checkpoint before it up to the
+	// block after it, not a whole span, and the index grows by a frame
+	// record, not a window. Gzip only; never a layer's first frame.
+	PrevWindow uint32
 }
 
 // Index describes one layer blob.

@@ -18,7 +18,9 @@ const maxWindowLen = 32 << 10
 //   - Frames are sorted and contiguous from 0 to TarSize (none when TarSize
 //     is 0), each non-empty and at most MaxFrameSize, inside the blob, with
 //     a SHA-256 Digest. A tar frame is its own compressed range; only gzip
-//     frames have Bits (≤ 7) and a Window (≤ 32 KiB).
+//     frames have Bits (≤ 7) and a Window (≤ 32 KiB), or instead of a
+//     Window a PrevWindow (≤ 32 KiB, and no longer than the frame before;
+//     never on the first frame).
 //   - Every entry has a known Type and a clean relative path (path.Clean
 //     form, not ".", no ".." element, no NUL, no element past NameMax); a
 //     symlink's target is at most SymlinkMax bytes; Mode has only the 07777
@@ -64,12 +66,23 @@ func (x *Index) validateFrames() error {
 		if msg := x.checkFrame(&x.Frames[i], end); msg != "" {
 			return fmt.Errorf("%w: frame %d: %s", ErrCorrupt, i, msg)
 		}
+		if pw := int64(x.Frames[i].PrevWindow); pw > 0 && (i == 0 || pw > x.Frames[i-1].Size) {
+			return fmt.Errorf("%w: frame %d: PrevWindow %d, but the frame before holds %d bytes", ErrCorrupt, i, pw, x.frameSize(i-1))
+		}
 		end += x.Frames[i].Size
 	}
 	if end != x.TarSize {
 		return fmt.Errorf("%w: %d frames cover [0, %d), want [0, TarSize %d)", ErrCorrupt, len(x.Frames), end, x.TarSize)
 	}
 	return nil
+}
+
+// frameSize returns frame i's Size, 0 when there is no such frame.
+func (x *Index) frameSize(i int) int64 {
+	if i < 0 || i >= len(x.Frames) {
+		return 0
+	}
+	return x.Frames[i].Size
 }
 
 // checkFrame returns what is wrong with f, which must start at off, or "".
@@ -96,8 +109,12 @@ func (x *Index) checkFrame(f *Frame, off int64) string {
 		return fmt.Sprintf("Bits %d, want ≤ 7", f.Bits)
 	case len(f.Window) > maxWindowLen:
 		return fmt.Sprintf("Window of %d bytes, want ≤ %d", len(f.Window), maxWindowLen)
-	case x.Format != FormatGzip && (f.Bits != 0 || len(f.Window) != 0):
-		return fmt.Sprintf("Bits %d and a %d-byte Window in a %s layer (gzip only)", f.Bits, len(f.Window), x.Format)
+	case x.Format != FormatGzip && (f.Bits != 0 || len(f.Window) != 0 || f.PrevWindow != 0):
+		return fmt.Sprintf("Bits %d and a %d-byte Window in a %s layer (gzip only)", f.Bits, len(f.Window)+int(f.PrevWindow), x.Format)
+	case f.PrevWindow > maxWindowLen:
+		return fmt.Sprintf("PrevWindow %d, want ≤ %d", f.PrevWindow, maxWindowLen)
+	case f.PrevWindow > 0 && len(f.Window) > 0:
+		return fmt.Sprintf("a %d-byte Window and PrevWindow %d", len(f.Window), f.PrevWindow)
 	}
 	if !isSHA256(f.Digest) {
 		return fmt.Sprintf("Digest %q is not a sha256 digest", shortString(string(f.Digest)))

@@ -79,6 +79,17 @@ func TestValidate(t *testing.T) {
 			x.BlobSize = x.TarSize
 		}, ""},
 		{"window in a zstd layer", func(x *Index) { x.Format = FormatZstd }, "frame 1: Bits 7 and a 32768-byte Window in a zstd layer"},
+		{"window from the frame before", func(x *Index) { x.Frames[1].Window, x.Frames[1].PrevWindow = nil, 2048 }, ""},
+		{"window from the frame before in a tar layer", func(x *Index) {
+			x.Format, x.BlobSize, x.Frames[1].Window, x.Frames[1].Bits, x.Frames[1].PrevWindow = FormatTar, 4096, nil, 0, 100
+			for i := range x.Frames {
+				x.Frames[i].CompressedOffset, x.Frames[i].CompressedSize = x.Frames[i].Offset, x.Frames[i].Size
+			}
+		}, "frame 1: Bits 0 and a 100-byte Window in a tar layer"},
+		{"window from before the first frame", func(x *Index) { x.Frames[0].PrevWindow = 1 }, "frame 0: PrevWindow 1, but the frame before holds 0 bytes"},
+		{"window longer than the frame before", func(x *Index) { x.Frames[1].Window, x.Frames[1].PrevWindow = nil, 2049 }, "frame 1: PrevWindow 2049, but the frame before holds 2048 bytes"},
+		{"window from the frame before too long", func(x *Index) { x.Frames[1].Window, x.Frames[1].PrevWindow = nil, 32<<10+1 }, "frame 1: PrevWindow 32769, want ≤ 32768"},
+		{"window and window from the frame before", func(x *Index) { x.Frames[1].PrevWindow = 10 }, "frame 1: a 32768-byte Window and PrevWindow 10"},
 
 		{"unknown type", func(x *Index) { x.Entries[0].Type = 0 }, "entry 0 \"etc\": Type 0 unknown"},
 		{"type past the last", func(x *Index) { x.Entries[0].Type = TypeFIFO + 1 }, "Type 8 unknown"},

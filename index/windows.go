@@ -61,17 +61,33 @@ func (x *Index) NeedsWindow(i int) bool {
 	return x.win != nil && !x.inMemory() && i >= 0 && i < len(x.win.refs) && x.win.refs[i].raw > 0
 }
 
+// NeedsFrameBefore reports whether frame i keeps no window of its own
+// (Frame.PrevWindow): it decodes only with the end of frame i-1, decoded,
+// as its window (WindowFrom).
+func (x *Index) NeedsFrameBefore(i int) bool {
+	return i > 0 && i < len(x.Frames) && x.Frames[i].PrevWindow > 0
+}
+
 // WindowFrom returns frame i's window cut from prev, frame i-1 decoded:
 // a window is the end of the uncompressed stream before its frame, as
-// long as the window says. It returns nil when frame i needs no window or
-// prev is not frame i-1's length or shorter than the window. The caller
-// vouches for prev (a verified frame); a wrong one decodes to bytes the
-// frame's digest refuses.
+// long as the window says. It returns nil when frame i needs no window
+// from outside the index (it has none, or it is loaded) or prev is not
+// frame i-1's length or shorter than the window. The caller vouches for
+// prev (a verified frame); a wrong one decodes to bytes the frame's digest
+// refuses.
 func (x *Index) WindowFrom(i int, prev []byte) []byte {
-	if !x.NeedsWindow(i) || i == 0 || int64(len(prev)) != x.Frames[i-1].Size {
+	if i <= 0 || i >= len(x.Frames) || int64(len(prev)) != x.Frames[i-1].Size {
 		return nil
 	}
-	raw := int(x.win.refs[i].raw)
+	var raw int
+	switch {
+	case x.Frames[i].PrevWindow > 0:
+		raw = int(x.Frames[i].PrevWindow)
+	case x.NeedsWindow(i):
+		raw = int(x.win.refs[i].raw)
+	default:
+		return nil
+	}
 	if len(prev) < raw {
 		return nil
 	}
@@ -250,6 +266,8 @@ func (x *Index) validateWindows() string {
 			return fmt.Sprintf("frame %d has a window in a %s layer (gzip only)", i, x.Format)
 		case len(x.Frames[i].Window) != 0:
 			return fmt.Sprintf("frame %d has a Window and a window to fetch", i)
+		case x.Frames[i].PrevWindow != 0:
+			return fmt.Sprintf("frame %d has a PrevWindow and a window to fetch", i)
 		case r.raw > maxWindowLen || r.n == 0 || r.n > r.raw:
 			return fmt.Sprintf("frame %d: window of %d bytes stored in %d", i, r.raw, r.n)
 		case r.off != end || r.off+int64(r.n) > t.size:

@@ -3,8 +3,10 @@ package layers
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -299,8 +301,8 @@ func TestSourceServesVerifiedFrames(t *testing.T) {
 	if st.Requests != 2 {
 		t.Errorf("layer blob requests = %d (%v), want 2 (one corrupted, one good)", st.Requests, st.Ranges)
 	}
-	if st.Bytes > 2*x.Frames[first].CompressedSize {
-		t.Errorf("fetched %d bytes for one frame of %d compressed bytes", st.Bytes, x.Frames[first].CompressedSize)
+	if need := chainBytes(x, first); st.Bytes > 2*need {
+		t.Errorf("fetched %d bytes for one frame of %d compressed bytes (from the frame it decodes after)", st.Bytes, need)
 	}
 	// A second read is served from the cache.
 	e.proxy.ClearStats()
@@ -409,7 +411,99 @@ func TestSourceReadsAhead(t *testing.T) {
 	}
 	src.wg.Wait() // the read-ahead, not cancelled as Close would
 	src.Close()
-	if got := cached(); got < min(len(x.Frames), 2+readahead) {
-		t.Errorf("after reading frames 0 and 1 in order, %d of %d frames are cached; want %d", got, len(x.Frames), min(len(x.Frames), 2+readahead))
+	if got, want := cached(), 2+framesAhead(x, 1); got < want {
+		t.Errorf("after reading frames 0 and 1 in order, %d of %d frames are cached; want %d", got, len(x.Frames), want)
+	}
+}
+
+// chainBytes is what a load of frame i of x fetches when no frame of x is
+// cached: its compressed bytes and those of the frames it decodes after
+// (index.Frame.PrevWindow).
+func chainBytes(x *index.Index, i int) int64 {
+	return x.Frames[i].CompressedOffset + x.Frames[i].CompressedSize - x.Frames[chainStart(x, i)].CompressedOffset
+}
+
+// chainStart is the frame a load of frame i of x starts from when no
+// frame of x is cached: the last up to i that keeps its window.
+func chainStart(x *index.Index, i int) int {
+	for x.NeedsFrameBefore(i) {
+		i--
+	}
+	return i
+}
+
+// framesAhead is how many frames a sequential reader of frame i of x has
+// read ahead: those starting within readahead bytes after it, at most
+// readaheadLoads.
+func framesAhead(x *index.Index, i int) int {
+	n := 0
+	for k := i + 1; k < len(x.Frames) && x.Frames[k].Offset < x.Frames[i].Offset+x.Frames[i].Size+readahead; k++ {
+		n++
+	}
+	return min(n, readaheadLoads)
+}
+
+// A frame that keeps no window (index.Frame.PrevWindow) is fetched with
+// the frames it decodes after, back to one whose window is at hand, in
+// one request; after a cached frame, alone. A read of several frames
+// (FetchRun) fetches them with one request.
+func TestFramesWithoutWindows(t *testing.T) {
+	e := newPullEnv(t)
+	x := e.ls[0].Index
+	var chained []int
+	for k := range x.Frames {
+		if x.NeedsFrameBefore(k) && x.NeedsFrameBefore(k-1) {
+			chained = append(chained, k)
+		}
+	}
+	if len(chained) < 2 {
+		t.Fatalf("%d frames after a frame without a window; the test wants 2", len(chained))
+	}
+	k := chained[0]
+	src := NewSource(e.client, e.img.Repo, e.store, nil)
+	defer src.Close()
+	src.readahead = 0
+	ranges := func() []string {
+		st := e.proxy.Stats()
+		e.proxy.ClearStats()
+		return st.Blobs[x.Layer].Ranges
+	}
+	rangeOf := func(first, last int) string {
+		return fmt.Sprintf("bytes=%d-%d", x.Frames[first].CompressedOffset, x.Frames[last].CompressedOffset+x.Frames[last].CompressedSize-1)
+	}
+	e.proxy.ClearStats()
+	if _, err := src.Frame(t.Context(), x, k); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ranges(), []string{rangeOf(chainStart(x, k), k)}; !slices.Equal(got, want) {
+		t.Errorf("reading frame %d with nothing cached fetched %v, want %v (from frame %d)", k, got, want, chainStart(x, k))
+	}
+	for j := chainStart(x, k); j <= k; j++ {
+		if !e.store.Has(x.Frames[j].Digest) {
+			t.Errorf("frame %d, which frame %d decodes after, not cached", j, k)
+		}
+	}
+	if _, err := src.Frame(t.Context(), x, k+1); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ranges(), []string{rangeOf(k+1, k+1)}; x.NeedsFrameBefore(k+1) && !slices.Equal(got, want) {
+		t.Errorf("reading frame %d after a cached one fetched %v, want %v", k+1, got, want)
+	}
+
+	// Two frames of one read: one request, and both decode.
+	m := chained[len(chained)-1]
+	src.FetchRun(x, m, m+1)
+	if n := len(ranges()); n != 0 {
+		t.Errorf("FetchRun of one frame made %d requests", n)
+	}
+	src.FetchRun(x, m-1, m+1)
+	for _, j := range []int{m - 1, m} {
+		data, err := src.Frame(t.Context(), x, j)
+		if err != nil || digest.FromBytes(data) != x.Frames[j].Digest {
+			t.Fatalf("Frame(%d) after FetchRun: %v", j, err)
+		}
+	}
+	if got, want := ranges(), []string{rangeOf(chainStart(x, m-1), m)}; !slices.Equal(got, want) {
+		t.Errorf("a read of frames %d and %d fetched %v, want %v", m-1, m, got, want)
 	}
 }

@@ -71,7 +71,7 @@ func TestSourceMetricsMatchTheRegistry(t *testing.T) {
 		t.Errorf("Source metrics = %d requests, %d bytes; the registry saw %d requests, %d blob bytes",
 			m.requests, m.bytes, st.BlobRequests+st.OtherRequests, st.BlobBytes)
 	}
-	want := min(len(x.Frames), 2+readahead)
+	want := 2 + framesAhead(x, 1)
 	if len(m.frames) != want {
 		t.Errorf("frame loads timed = %d, want %d (2 read, the rest read ahead)", len(m.frames), want)
 	}

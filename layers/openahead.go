@@ -8,7 +8,8 @@ import (
 
 // When a file is opened, the frames holding it are fetched in the
 // background (the first one excepted: the first read asks for it at once
-// and should not wait behind a larger request). Programs start by opening
+// and should not wait behind a larger request; it is fetched here alone
+// when the next frame decodes only after it). Programs start by opening
 // their binary and libraries and then fault their pages in one at a time,
 // each fault a round trip when cold; fetched at open, they arrive in a few
 // requests at the link's speed instead. Files larger than
@@ -54,7 +55,7 @@ func (s *Source) OpenedFile(x *index.Index, off, n int64) {
 			if named != nil && !named[k] {
 				continue
 			}
-			if _, ok := s.inflight[x.Frames[k].Digest]; !ok && s.loading[x.Frames[k].Digest] == 0 {
+			if s.busy(x.Frames[k].Digest) == nil {
 				missing = append(missing, k)
 			}
 		}
@@ -64,7 +65,19 @@ func (s *Source) OpenedFile(x *index.Index, off, n int64) {
 	if len(missing) == 0 {
 		return
 	}
+	// Claimed here, in order: the first frame is left to the first read,
+	// which asks for it at once; but when the next one decodes only after
+	// it (index.Frame.PrevWindow), it gets a small request of its own,
+	// claimed first, so that the first read waits for that one only and
+	// the others, fetched at the same time, decode once it is stored.
+	var claims []claim
+	if missing[0] == first+1 && x.NeedsFrameBefore(first+1) && !s.store.Has(x.Frames[first].Digest) {
+		claims = s.claimRun(x, []int{first})
+	}
 	for _, run := range coalesce(x, missing, openAheadGap, openAheadRequest) {
+		claims = append(claims, s.claimRun(x, run)...)
+	}
+	for _, c := range claims {
 		s.wg.Add(1)
 		s.metrics.ReadaheadStarted()
 		go func() {
@@ -72,15 +85,41 @@ func (s *Source) OpenedFile(x *index.Index, off, n int64) {
 			select {
 			case s.openSem <- struct{}{}:
 			case <-s.stop.Done():
+				c.done()
 				s.metrics.ReadaheadDone(false)
 				return
 			}
 			defer func() { <-s.openSem }()
-			fetched, err := s.prefetchRun(s.stop, x, run)
+			fetched, err := s.fetchClaims(s.stop, x, []claim{c})
 			s.metrics.ReadaheadDone(fetched > 0 && err == nil)
 			if err != nil && s.stop.Err() == nil {
-				s.log.Debug("fetch at open failed: its frames are left to readers", "layer", x.Layer, "frame", run[0], "frames", len(run), "err", err)
+				s.log.Debug("fetch at open failed: its frames are left to readers", "layer", x.Layer, "frame", c.frames[0], "frames", len(c.frames), "err", err)
 			}
 		}()
 	}
+}
+
+// FetchRun is told that a read needs frames [first, end) of x; those not
+// cached nor being fetched are fetched with one request (with the frames
+// they decode after), which the read's Frame calls then wait for, rather
+// than one round trip after another. It returns at once.
+func (s *Source) FetchRun(x *index.Index, first, end int) {
+	if end-first < 2 || x.Format == index.FormatZstd || s.stop.Err() != nil {
+		return
+	}
+	run := make([]int, 0, end-first)
+	for k := first; k < end; k++ {
+		run = append(run, k)
+	}
+	claims := s.claimRun(x, run)
+	if len(claims) == 0 {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if _, err := s.fetchClaims(s.stop, x, claims); err != nil && s.stop.Err() == nil {
+			s.log.Debug("fetch of a read's frames failed: left to the read", "layer", x.Layer, "frame", first, "frames", end-first, "err", err)
+		}
+	}()
 }

@@ -34,21 +34,29 @@ func TestOpenedFileFetchesAhead(t *testing.T) {
 		t.Fatalf("bin/data is in frames [%d, %d); the test wants at least 6", first, end)
 	}
 	src.OpenedFile(gz, f.Offset, f.Size)
+	// The first frame is left to the first read, unless the next decodes
+	// only after it: then it is fetched too, from the frame with a window
+	// before it, in a request of its own.
+	from := first + 1
+	if gz.NeedsFrameBefore(first + 1) {
+		for from = first; gz.NeedsFrameBefore(from); from-- {
+		}
+	}
 	deadline := time.Now().Add(20 * time.Second)
-	for e.cached(gz) < end-first-1 && time.Now().Before(deadline) {
+	for e.cached(gz) < end-from && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	for k := first; k < end; k++ {
-		if got, want := e.store.Has(gz.Frames[k].Digest), k != first; got != want {
-			t.Errorf("frame %d of bin/data cached = %v after the open, want %v (all but the first)", k, got, want)
+		if got, want := e.store.Has(gz.Frames[k].Digest), k >= from; got != want {
+			t.Errorf("frame %d of bin/data cached = %v after the open, want %v (from frame %d)", k, got, want, from)
 		}
 	}
 	st := e.proxy.Stats()
 	var comp int64
-	for k := first + 1; k < end; k++ {
+	for k := from; k < end; k++ {
 		comp += gz.Frames[k].CompressedSize
 	}
-	if maxReqs := int(comp/openAheadRequest) + 2; st.Blobs[gz.Layer].Requests > maxReqs {
+	if maxReqs := int(comp/openAheadRequest) + 3; st.Blobs[gz.Layer].Requests > maxReqs {
 		t.Errorf("the open made %d requests of the layer for %d frames (%d bytes), want at most %d", st.Blobs[gz.Layer].Requests, end-first-1, comp, maxReqs)
 	}
 	// A second open fetches nothing more; nor do reads of the frames.

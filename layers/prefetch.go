@@ -3,6 +3,7 @@ package layers
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -166,20 +167,33 @@ func (s *Source) Prefetch(ctx context.Context, layers []*index.Index, p *Profile
 	return st, ctx.Err()
 }
 
-// prefetchRun fetches the frames of run (ascending) of x that are neither
-// cached nor being fetched already, each run of adjacent ones with one
-// Range request (and their windows with another, when x's are not
-// loaded), and stores them; it returns the bytes asked for (0 if there
-// was nothing left to fetch).
-func (s *Source) prefetchRun(ctx context.Context, x *index.Index, run []int) (int64, error) {
-	return s.fetchClaims(ctx, x, s.claimRun(x, run))
-}
-
 // claimRun claims the frames of run (ascending) of x that are neither
-// cached nor being fetched already (Source.claim), for fetchClaims.
+// cached nor being fetched already (Source.claim), for fetchClaims, with
+// the frames before them that they decode after (chainFrom): claimed,
+// a reader of those waits for this request rather than make its own.
 func (s *Source) claimRun(x *index.Index, run []int) []claim {
 	run = slices.DeleteFunc(slices.Clone(run), func(k int) bool { return s.store.Has(x.Frames[k].Digest) })
-	return s.claim(x, run)
+	return s.claim(x, s.withChains(x, run))
+}
+
+// withChains returns run (ascending, none cached) with, before each
+// frame whose frame before is not in run, the frames it decodes after
+// that are neither cached nor being fetched (chainFrom).
+func (s *Source) withChains(x *index.Index, run []int) []int {
+	var out []int
+	for i, k := range run {
+		if i == 0 || run[i-1] != k-1 {
+			for j := s.chainFrom(x, k); j < k; j++ {
+				if len(out) == 0 || out[len(out)-1] < j {
+					out = append(out, j)
+				}
+			}
+		}
+		if len(out) == 0 || out[len(out)-1] < k {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // fetchClaims fetches claimed runs of frames of x (claimRun) in order,
@@ -205,82 +219,106 @@ func (s *Source) fetchClaims(ctx context.Context, x *index.Index, claims []claim
 // fetchRun fetches frames first..last of x (run, adjacent) with one Range
 // request, and their windows with another when needed, and stores them.
 func (s *Source) fetchRun(ctx context.Context, x *index.Index, run []int) (int64, error) {
+	n, _, err := s.fetchFrames(ctx, x, run[0], run[len(run)-1], true)
+	return n, err
+}
+
+// fetchFrames fetches frames first..last of x with one Range request and
+// decodes them in order, storing each (the last only if storeLast), and
+// returns the bytes asked for and the last frame's bytes.
+//
+// Only the first frame's window may be needed from elsewhere: every later
+// one is the end of the frame decoded before it (index.WindowFrom). The
+// first's is that too when the frame before it is cached, or is being
+// fetched by another request or load of ours (a long run split at
+// MaxRequest, runs of a profile that meet, a reader): then this one's
+// bytes are fetched at once and decoded once that one has stored the
+// frame before. Otherwise a first frame that keeps no window
+// (index.Frame.PrevWindow) is fetched from the frame it decodes after
+// (chainFrom), and the window of the frame the request then starts with,
+// when it is not loaded, comes with a second Range read of the index blob
+// at the same time.
+func (s *Source) fetchFrames(ctx context.Context, x *index.Index, first, last int, storeLast bool) (int64, []byte, error) {
 	has := func(k int) bool { return s.store.Has(x.Frames[k].Digest) }
-	first, last := run[0], run[len(run)-1]
-	off := x.Frames[first].CompressedOffset
+	from := first
+	if x.NeedsFrameBefore(first) {
+		from = s.chainFrom(x, first)
+	}
+	off := x.Frames[from].CompressedOffset
 	n := x.Frames[last].CompressedOffset + x.Frames[last].CompressedSize - off
 	if s.meter != nil {
 		ctx = fetch.WithMeter(ctx, s.meter)
 	}
-	// Only the first frame's window may be fetched: every later one is the
-	// end of the frame decoded before it (index.WindowFrom), and the
-	// first's too when the frame before it is cached, or is being fetched
-	// by another request of ours (a long run split at MaxRequest, runs
-	// of a profile that meet): then this one's bytes are fetched at once
-	// and decoded once that request has stored the frame before.
 	var o windowOrigin
-	winLast := first - 1
+	winLast := from - 1
 	var prev []byte
-	var before <-chan struct{} // closed when the request holding frame first-1 ends
-	if x.NeedsWindow(first) {
-		if prev = s.cachedFrame(x, first-1); prev == nil {
+	var before <-chan struct{} // closed when the fetch that stores frame from-1 ends
+	if x.NeedsWindow(from) || x.NeedsFrameBefore(from) {
+		if prev = s.cachedFrame(x, from-1); prev == nil {
 			s.mu.Lock()
-			if ch := s.inflight[x.Frames[first-1].Digest]; ch != nil {
-				before = ch
-			}
+			before = s.busy(x.Frames[from-1].Digest)
 			s.mu.Unlock()
 		}
-		if prev == nil && before == nil {
+		if prev == nil && before == nil && x.NeedsWindow(from) {
 			var err error
 			if o, err = s.windowOrigin(x); err != nil {
-				return 0, err
+				return 0, nil, err
 			}
-			winLast = first
-			_, wn := x.WindowRange(first, first)
+			winLast = from
+			_, wn := x.WindowRange(from, from)
 			n += wn // (the window's own bytes, in a request of their own at the same time)
 		}
 	}
-	buf, wins, err := readRun(ctx, s.client, s.repo, o, x, first, last, winLast)
+	buf, wins, err := readRun(ctx, s.client, s.repo, o, x, from, last, winLast)
 	if err != nil {
-		return n, err
+		return n, nil, err
 	}
 	if before != nil {
-		if prev, err = s.windowAfter(ctx, before, x, first); err != nil {
-			return n, err
-		}
-		if prev == nil { // the frame before did not come: fetch the window after all
-			_, wn := x.WindowRange(first, first)
-			n += wn
-			if o, err = s.windowOrigin(x); err == nil {
-				wins[0], err = s.window(ctx, o, x, first)
-			}
-			if err != nil {
-				return n, err
-			}
+		if prev, err = s.windowAfter(ctx, before, x, from); err != nil {
+			return n, nil, err
 		}
 	}
-	for k := first; k <= last; k++ {
+	if prev == nil && wins[0] == nil && (x.NeedsWindow(from) || x.NeedsFrameBefore(from)) {
+		// The frame before did not come (its fetch failed, or is slow), or
+		// the cache lost it: read it as a reader would, then decode.
+		if prev, _, err = s.frame(ctx, x, from-1); err != nil {
+			return n, nil, fmt.Errorf("frame %d, which frame %d decodes after: %w", from-1, from, err)
+		}
+	}
+	var data []byte
+	var putErr error // the first frame the cache could not keep
+	for k := from; k <= last; k++ {
 		f := &x.Frames[k]
-		win := wins[k-first]
+		win := wins[k-from]
 		if win == nil {
 			win = x.WindowFrom(k, prev)
 		}
-		data, err := x.DecodeFrameWith(k, buf[f.CompressedOffset-off:f.CompressedOffset-off+f.CompressedSize], win)
+		data, err = x.DecodeFrameWith(k, buf[f.CompressedOffset-off:f.CompressedOffset-off+f.CompressedSize], win)
 		if err != nil {
-			return n, fmt.Errorf("frame %d: %w", k, err)
-		}
-		prev = data
-		if has(k) {
-			continue
+			return n, nil, fmt.Errorf("frame %d: %w", k, err)
 		}
 		if x.Format == index.FormatTar {
 			data = bytes.Clone(data) // not a piece of buf, which the cache would keep alive
 		}
+		prev = data
+		if (k == last && !storeLast) || has(k) {
+			continue
+		}
 		if err := s.store.Put(ctx, f.Digest, data); err != nil {
-			return n, fmt.Errorf("frame %d: %w", k, err)
+			if errors.Is(err, index.ErrCorrupt) || ctx.Err() != nil {
+				return n, nil, fmt.Errorf("frame %d: %w", k, err)
+			}
+			// A full disk: the frames after still decode, and a reader
+			// still gets its own (the cache keeps it in memory).
+			if putErr == nil {
+				putErr = fmt.Errorf("frame %d: %w", k, err)
+			}
 		}
 	}
-	return n, nil
+	if putErr != nil && storeLast {
+		return n, data, putErr
+	}
+	return n, data, nil
 }
 
 // claim is a run of adjacent frames a caller of Source.claim is to fetch;
@@ -328,7 +366,7 @@ func (s *Source) claim(x *index.Index, run []int) []claim {
 	}
 	for _, k := range run {
 		d := x.Frames[k].Digest
-		if _, busy := s.inflight[d]; busy || s.loading[d] > 0 {
+		if s.busy(d) != nil {
 			flush()
 			continue
 		}

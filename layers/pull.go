@@ -238,33 +238,57 @@ func (p *puller) run(ctx context.Context, x *index.Index, j *pullJob) error {
 }
 
 // fetchRange fetches the frames j still wants with one Range request and
-// stores them, removing each stored one from j.want.
+// stores them, removing each stored one from j.want. The frames between
+// them are decoded too (each one's window is the end of the one before),
+// and a first frame that keeps no window is fetched from the frame it
+// decodes after, back to one whose window is at hand.
 func (p *puller) fetchRange(ctx context.Context, x *index.Index, j *pullJob) error {
-	first, last := &x.Frames[j.want[0]], &x.Frames[j.want[len(j.want)-1]]
-	off := first.CompressedOffset
-	n := last.CompressedOffset + last.CompressedSize - off
+	cached := func(k int) []byte {
+		if k < 0 {
+			return nil
+		}
+		b, _ := p.r.cfg.Store.Cached(x.Frames[k].Digest, x.Frames[k].Size)
+		return b
+	}
+	from, last := j.want[0], j.want[len(j.want)-1]
+	var prev []byte // frame from-1, when from needs it
+	for x.NeedsFrameBefore(from) {
+		if prev = cached(from - 1); prev != nil {
+			break
+		}
+		from--
+	}
+	if prev == nil && x.NeedsWindow(from) {
+		prev = cached(from - 1)
+	}
+	winLast := from - 1
 	var o windowOrigin
-	if !x.WindowsLoaded() {
+	if prev == nil && x.NeedsWindow(from) {
 		var err error
 		if o, err = getWindowOrigin(p.r.cfg.Store, x); err != nil {
 			return err
 		}
+		winLast = from
 	}
+	off := x.Frames[from].CompressedOffset
+	n := x.Frames[last].CompressedOffset + x.Frames[last].CompressedSize - off
 	p.count(j.layer, n)
-	if _, wn := x.WindowRange(j.want[0], j.want[len(j.want)-1]); wn > 0 {
-		p.count(j.layer, wn) // the windows' own request
+	if _, wn := x.WindowRange(from, winLast); wn > 0 {
+		p.count(j.layer, wn) // the window's own request
 	}
 	start := time.Now()
-	buf, wins, err := readRun(ctx, p.r.cfg.Client, p.repo, o, x, j.want[0], j.want[len(j.want)-1], j.want[len(j.want)-1])
+	buf, wins, err := readRun(ctx, p.r.cfg.Client, p.repo, o, x, from, last, winLast)
 	if err != nil {
 		return err
 	}
-	w0 := j.want[0]
-	p.r.log.Debug("frames fetched", "op", "pull", "layer", x.Layer, "frame", j.want[0], "frames", len(j.want), "off", off, "len", n, "dur", time.Since(start))
-	for len(j.want) > 0 {
-		k := j.want[0]
+	p.r.log.Debug("frames fetched", "op", "pull", "layer", x.Layer, "frame", from, "frames", last-from+1, "off", off, "len", n, "dur", time.Since(start))
+	for k := from; k <= last && len(j.want) > 0; k++ {
 		f := &x.Frames[k]
-		data, err := x.DecodeFrameWith(k, buf[f.CompressedOffset-off:f.CompressedOffset-off+f.CompressedSize], wins[k-w0])
+		win := wins[k-from]
+		if win == nil {
+			win = x.WindowFrom(k, prev)
+		}
+		data, err := x.DecodeFrameWith(k, buf[f.CompressedOffset-off:f.CompressedOffset-off+f.CompressedSize], win)
 		if err != nil {
 			return err
 		}
@@ -272,6 +296,10 @@ func (p *puller) fetchRange(ctx context.Context, x *index.Index, j *pullJob) err
 			// DecodeFrame returned a piece of buf: the cache's memory tier
 			// must not keep all of buf alive for it.
 			data = bytes.Clone(data)
+		}
+		prev = data
+		if j.want[0] != k {
+			continue
 		}
 		if err := p.store(ctx, j, x, k, data); err != nil {
 			return err

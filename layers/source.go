@@ -34,7 +34,7 @@ type Source struct {
 	last        map[digest.Digest]int           // the frame of each layer asked for last
 	ahead       map[digest.Digest]int           // the highest frame of each layer fetched ahead
 	inflight    map[digest.Digest]chan struct{} // frames a prefetch request is fetching
-	loading     map[digest.Digest]int           // frames a reader or read-ahead is loading: claim leaves them out
+	loading     map[digest.Digest]*loadingFrame // frames a reader or read-ahead is loading: claim leaves them out
 	prefetching map[digest.Digest]int           // prefetch jobs of each layer not finished
 	profiled    map[digest.Digest][]bool        // per layer a profile named, the frames it named (see Prefetch)
 	origins     map[digest.Digest]windowOrigin  // where the windows of each toc-only index are, by toc digest
@@ -44,7 +44,7 @@ type Source struct {
 	rec *Recorder // nil unless recording a profile
 
 	readTimeout time.Duration // how long one read waits for a frame before EIO
-	readahead   int           // frames fetched ahead of a sequential reader
+	readahead   int64         // uncompressed bytes fetched ahead of a sequential reader; 0: none
 	metrics     Metrics       // never nil: noMetrics when off
 	meter       fetch.Meter   // metrics as the fetches' meter; nil when off
 
@@ -56,12 +56,15 @@ type Source struct {
 	wg       sync.WaitGroup // read-ahead goroutines, owned by the Source
 }
 
-// readahead is how many frames past a sequential reader are fetched before
-// it asks, at most readaheadLoads at once: a cold sequential read then
-// waits for one round trip per readahead frames, not one per frame.
+// readahead is how many bytes of frames past a sequential reader's are
+// fetched before it asks, one request per frame, at most readaheadLoads
+// at once: a cold sequential read then waits for one round trip per
+// readahead bytes, not one per frame. (4 frames of 256 KiB once; frames
+// that keep no window are smaller, and load at once all the same: each
+// decodes when the one before is stored.)
 const (
-	readahead      = 4
-	readaheadLoads = 4
+	readahead      = 1 << 20
+	readaheadLoads = 8
 )
 
 // DefaultReadTimeout bounds how long a read waits for a frame that is not
@@ -78,7 +81,7 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 	}
 	s := &Source{client: client, repo: repo, store: store, log: log,
 		whole: map[digest.Digest]*whole{}, last: map[digest.Digest]int{}, ahead: map[digest.Digest]int{},
-		inflight: map[digest.Digest]chan struct{}{}, loading: map[digest.Digest]int{}, prefetching: map[digest.Digest]int{}, profiled: map[digest.Digest][]bool{},
+		inflight: map[digest.Digest]chan struct{}{}, loading: map[digest.Digest]*loadingFrame{}, prefetching: map[digest.Digest]int{}, profiled: map[digest.Digest][]bool{},
 		origins: map[digest.Digest]windowOrigin{}, winGroups: map[winGroupKey]*winGroup{},
 		aheadSem: make(chan struct{}, readaheadLoads), openSem: make(chan struct{}, openAheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead,
 		metrics: noMetrics{}, traffic: NewTraffic(0)}
@@ -151,7 +154,10 @@ func (s *Source) fetchAhead(x *index.Index, i int) {
 	s.last[x.Layer] = i
 	sequential := seen && (prev == i-1 || prev == i) && s.prefetching[x.Layer] == 0
 	from := max(i+1, s.ahead[x.Layer]+1)
-	to := min(i+s.readahead, len(x.Frames)-1)
+	to := i
+	for end := x.Frames[i].Offset + x.Frames[i].Size + s.readahead; to+1 < len(x.Frames) && x.Frames[to+1].Offset < end; {
+		to++
+	}
 	if named := s.profiled[x.Layer]; len(named) == len(x.Frames) && named[i] {
 		// On the profile's frames: ahead only as far as they go on.
 		for j := from; j <= to; j++ {
@@ -239,11 +245,21 @@ func (s *Source) frame(ctx context.Context, x *index.Index, i int) (_ []byte, fe
 				return s.streamed(ctx, x, i)
 			}
 			start := time.Now()
-			comp, win, err := s.readFrame(ctx, x, i)
-			if err != nil {
-				return nil, err
+			var (
+				data []byte
+				err  error
+			)
+			if x.NeedsFrameBefore(i) {
+				// Decoded after the frame before: fetched with it, when
+				// that is not at hand (fetchFrames).
+				_, data, err = s.fetchFrames(ctx, x, i, i, false)
+			} else {
+				var comp, win []byte
+				if comp, win, err = s.readFrame(ctx, x, i); err != nil {
+					return nil, err
+				}
+				data, err = x.DecodeFrameWith(i, comp, win)
 			}
-			data, err := x.DecodeFrameWith(i, comp, win)
 			if err == nil {
 				s.metrics.FrameFetched(time.Since(start))
 			}
@@ -298,13 +314,56 @@ func (s *Source) readFrame(ctx context.Context, x *index.Index, i int) (comp, wi
 	return comp, win, nil
 }
 
+// loadingFrame is a frame being loaded by readers: how many loads run,
+// and a channel closed when the last ends.
+type loadingFrame struct {
+	n    int
+	done chan struct{}
+}
+
 // setLoading counts the loads of frame d running.
 func (s *Source) setLoading(d digest.Digest, delta int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.loading[d] += delta; s.loading[d] <= 0 {
-		delete(s.loading, d)
+	l := s.loading[d]
+	if l == nil {
+		l = &loadingFrame{done: make(chan struct{})}
+		s.loading[d] = l
 	}
+	if l.n += delta; l.n <= 0 {
+		delete(s.loading, d)
+		close(l.done)
+	}
+}
+
+// busy returns a channel closed when the fetch that will store frame d
+// ends (a prefetch's claim, or a reader's load), nil when none runs. The
+// caller holds s.mu.
+func (s *Source) busy(d digest.Digest) <-chan struct{} {
+	if ch := s.inflight[d]; ch != nil {
+		return ch
+	}
+	if l := s.loading[d]; l != nil {
+		return l.done
+	}
+	return nil
+}
+
+// chainFrom returns the first frame to fetch with frame k of x so that k
+// decodes: k itself when it keeps a window of its own (or none), or when
+// the frame before is cached or being fetched; else the same for the
+// frame before, and so on back to the checkpoint (index.Frame.PrevWindow).
+func (s *Source) chainFrom(x *index.Index, k int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for x.NeedsFrameBefore(k) {
+		d := x.Frames[k-1].Digest
+		if s.busy(d) != nil || s.store.Has(d) {
+			break
+		}
+		k--
+	}
+	return k
 }
 
 // cachedFrame returns frame i of x if the cache holds it (verified), else

@@ -16,7 +16,7 @@ import (
 
 func newIndexCommand(g *cli.Globals) *cobra.Command {
 	var push bool
-	var span int64
+	var span, blockSpan int64
 	cmd := &cobra.Command{
 		Use:   "index [--push] [--root DIR] [--insecure] REF",
 		Short: "Build the index of every layer of an image (and push it beside the image)",
@@ -40,7 +40,7 @@ artifact whose subject is the image manifest, so every machine finds them.`,
 			for _, l := range img.Manifest.Layers {
 				total += l.Size
 			}
-			cfg := layers.Config{Client: p.Client, Store: p.Store, Logger: g.Log, Build: index.BuildOptions{Span: span}}
+			cfg := layers.Config{Client: p.Client, Store: p.Store, Logger: g.Log, Build: index.BuildOptions{Span: span, BlockSpan: blockSpan}}
 			if cli.IsTerminal(g.Stderr) {
 				bar := progressbar.NewOptions64(total,
 					progressbar.OptionSetWriter(g.Stderr),
@@ -81,7 +81,8 @@ artifact whose subject is the image manifest, so every machine finds them.`,
 		},
 	}
 	cmd.Flags().BoolVar(&push, "push", false, "push the indexes to the registry as an artifact referring to the image")
-	cmd.Flags().Int64Var(&span, "span", index.DefaultSpan, "uncompressed bytes between frame starts")
+	cmd.Flags().Int64Var(&span, "span", index.DefaultSpan, "uncompressed bytes between frame starts that keep a deflate window")
+	cmd.Flags().Int64Var(&blockSpan, "block-span", index.DefaultBlockSpan, "uncompressed bytes between frame starts at deflate blocks inside a span, keeping no window (gzip; -1: none)")
 	return cmd
 }
 

@@ -57,12 +57,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		mem       = fs.Bool("mem", false, "memory of lazyfs mount and a lazyrun supervisor serving an image of 100 000 files, after the mount and after a stat walk")
 		memOnly   = fs.Bool("mem-only", false, "run the memory section alone (no workloads, scale, sharing or file-system section)")
 		span      = fs.Int64("span", 0, "uncompressed bytes between index checkpoints of the pushed indexes (0 = lazyfs index's default)")
+		blockSpan = fs.Int64("block-span", 0, "uncompressed bytes between frames without a window inside a span (lazyfs index --block-span; 0 = its default, -1 = none)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	cfg := bench.Config{RTT: *rtt, Runs: *runs, ScaleWorkload: *scaleW, Sharing: *sharing,
-		WorkDir: *work, OutDir: *out, BinDir: *bin, Timeout: *timeout, LoopSize: *loopSize, Span: *span, Log: stderr,
+		WorkDir: *work, OutDir: *out, BinDir: *bin, Timeout: *timeout, LoopSize: *loopSize, Span: *span, BlockSpan: *blockSpan, Log: stderr,
 		FS: *fsOn || *fsOnly, FSOnly: *fsOnly, FSKeepPageCache: !*fsDrop, Mem: *mem || *memOnly, MemOnly: *memOnly}
 	var err error
 	if cfg.Rate, err = parseRate(*rate); err != nil {
