@@ -183,7 +183,7 @@ func (s *Source) withChains(x *index.Index, run []int) []int {
 	var out []int
 	for i, k := range run {
 		if i == 0 || run[i-1] != k-1 {
-			for j := s.chainFrom(x, k); j < k; j++ {
+			for j := s.chainFrom(x, k, true); j < k; j++ {
 				if len(out) == 0 || out[len(out)-1] < j {
 					out = append(out, j)
 				}
@@ -219,7 +219,7 @@ func (s *Source) fetchClaims(ctx context.Context, x *index.Index, claims []claim
 // fetchRun fetches frames first..last of x (run, adjacent) with one Range
 // request, and their windows with another when needed, and stores them.
 func (s *Source) fetchRun(ctx context.Context, x *index.Index, run []int) (int64, error) {
-	n, _, err := s.fetchFrames(ctx, x, run[0], run[len(run)-1], true)
+	n, _, err := s.fetchFrames(ctx, x, run[0], run[len(run)-1], true, true)
 	return n, err
 }
 
@@ -229,20 +229,22 @@ func (s *Source) fetchRun(ctx context.Context, x *index.Index, run []int) (int64
 //
 // Only the first frame's window may be needed from elsewhere: every later
 // one is the end of the frame decoded before it (index.WindowFrom). The
-// first's is that too when the frame before it is cached, or is being
-// fetched by another request or load of ours (a long run split at
-// MaxRequest, runs of a profile that meet, a reader): then this one's
-// bytes are fetched at once and decoded once that one has stored the
-// frame before. Otherwise a first frame that keeps no window
+// first's is that too when the frame before it is cached, or, for a claim
+// (claimed), when another fetch is getting it (a long run split at
+// MaxRequest, runs of a profile that meet, the frames before a file's
+// first at open, a reader's frame): then this one's bytes are fetched at
+// once and decoded once that one has stored the frame before. Only claims
+// wait, and only for fetches of frames before theirs; a reader waits only
+// for a claim of its own frame; so waits never go round in a circle. Otherwise a first frame that keeps no window
 // (index.Frame.PrevWindow) is fetched from the frame it decodes after
 // (chainFrom), and the window of the frame the request then starts with,
 // when it is not loaded, comes with a second Range read of the index blob
 // at the same time.
-func (s *Source) fetchFrames(ctx context.Context, x *index.Index, first, last int, storeLast bool) (int64, []byte, error) {
+func (s *Source) fetchFrames(ctx context.Context, x *index.Index, first, last int, storeLast, claimed bool) (int64, []byte, error) {
 	has := func(k int) bool { return s.store.Has(x.Frames[k].Digest) }
 	from := first
 	if x.NeedsFrameBefore(first) {
-		from = s.chainFrom(x, first)
+		from = s.chainFrom(x, first, claimed)
 	}
 	off := x.Frames[from].CompressedOffset
 	n := x.Frames[last].CompressedOffset + x.Frames[last].CompressedSize - off
@@ -252,9 +254,9 @@ func (s *Source) fetchFrames(ctx context.Context, x *index.Index, first, last in
 	var o windowOrigin
 	winLast := from - 1
 	var prev []byte
-	var before <-chan struct{} // closed when the fetch that stores frame from-1 ends
+	var before <-chan struct{} // closed when the claim that stores frame from-1 ends
 	if x.NeedsWindow(from) || x.NeedsFrameBefore(from) {
-		if prev = s.cachedFrame(x, from-1); prev == nil {
+		if prev = s.cachedFrame(x, from-1); prev == nil && claimed {
 			s.mu.Lock()
 			before = s.busy(x.Frames[from-1].Digest)
 			s.mu.Unlock()

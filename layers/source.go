@@ -34,7 +34,7 @@ type Source struct {
 	last        map[digest.Digest]int           // the frame of each layer asked for last
 	ahead       map[digest.Digest]int           // the highest frame of each layer fetched ahead
 	inflight    map[digest.Digest]chan struct{} // frames a prefetch request is fetching
-	loading     map[digest.Digest]*loadingFrame // frames a reader or read-ahead is loading: claim leaves them out
+	loading     map[digest.Digest]*loadingFrame // frames readers are reading: claim leaves them out
 	prefetching map[digest.Digest]int           // prefetch jobs of each layer not finished
 	profiled    map[digest.Digest][]bool        // per layer a profile named, the frames it named (see Prefetch)
 	origins     map[digest.Digest]windowOrigin  // where the windows of each toc-only index are, by toc digest
@@ -174,19 +174,27 @@ func (s *Source) fetchAhead(x *index.Index, i int) {
 	if !sequential || s.stop.Err() != nil {
 		return
 	}
+	// One claim and request per frame, all at once: a reader waits for
+	// its frame's request only, and a frame that decodes after the one
+	// before waits for that one's claim (fetchFrames), not a round trip.
 	for j := from; j <= to; j++ {
 		select {
 		case s.aheadSem <- struct{}{}:
 		default:
 			return // enough running; the reader will ask again
 		}
+		claims := s.claimRun(x, []int{j})
+		if len(claims) == 0 {
+			<-s.aheadSem // cached, or being fetched
+			continue
+		}
 		s.wg.Add(1)
 		s.metrics.ReadaheadStarted()
 		go func() {
 			defer s.wg.Done()
 			defer func() { <-s.aheadSem }()
-			_, fetched, err := s.frame(s.stop, x, j)
-			s.metrics.ReadaheadDone(fetched && err == nil)
+			n, err := s.fetchClaims(s.stop, x, claims)
+			s.metrics.ReadaheadDone(n > 0 && err == nil)
 			if err != nil && s.stop.Err() == nil {
 				s.log.Debug("read-ahead failed", "layer", x.Layer, "frame", j, "err", err)
 			}
@@ -205,6 +213,11 @@ func (s *Source) Frame(ctx context.Context, x *index.Index, i int) ([]byte, erro
 	if s.rec != nil {
 		s.rec.note(x, i)
 	}
+	// Marked as a reader's before the read-ahead claims what follows: a
+	// frame after it that decodes after it then waits for it rather than
+	// fetch it again.
+	s.setLoading(x.Frames[i].Digest, +1)
+	defer s.setLoading(x.Frames[i].Digest, -1)
 	if x.Format != index.FormatZstd {
 		s.fetchAhead(x, i)
 	}
@@ -252,7 +265,7 @@ func (s *Source) frame(ctx context.Context, x *index.Index, i int) (_ []byte, fe
 			if x.NeedsFrameBefore(i) {
 				// Decoded after the frame before: fetched with it, when
 				// that is not at hand (fetchFrames).
-				_, data, err = s.fetchFrames(ctx, x, i, i, false)
+				_, data, err = s.fetchFrames(ctx, x, i, i, false, false)
 			} else {
 				var comp, win []byte
 				if comp, win, err = s.readFrame(ctx, x, i); err != nil {
@@ -314,14 +327,14 @@ func (s *Source) readFrame(ctx context.Context, x *index.Index, i int) (comp, wi
 	return comp, win, nil
 }
 
-// loadingFrame is a frame being loaded by readers: how many loads run,
-// and a channel closed when the last ends.
+// loadingFrame is a frame readers are reading: how many, and a channel
+// closed when the last is done.
 type loadingFrame struct {
 	n    int
 	done chan struct{}
 }
 
-// setLoading counts the loads of frame d running.
+// setLoading counts the readers of frame d.
 func (s *Source) setLoading(d digest.Digest, delta int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -337,8 +350,8 @@ func (s *Source) setLoading(d digest.Digest, delta int) {
 }
 
 // busy returns a channel closed when the fetch that will store frame d
-// ends (a prefetch's claim, or a reader's load), nil when none runs. The
-// caller holds s.mu.
+// ends, nil when none runs: a claim (prefetch, fetch at open, read-ahead,
+// a read's run) or a reader. The caller holds s.mu.
 func (s *Source) busy(d digest.Digest) <-chan struct{} {
 	if ch := s.inflight[d]; ch != nil {
 		return ch
@@ -351,14 +364,17 @@ func (s *Source) busy(d digest.Digest) <-chan struct{} {
 
 // chainFrom returns the first frame to fetch with frame k of x so that k
 // decodes: k itself when it keeps a window of its own (or none), or when
-// the frame before is cached or being fetched; else the same for the
-// frame before, and so on back to the checkpoint (index.Frame.PrevWindow).
-func (s *Source) chainFrom(x *index.Index, k int) int {
+// the frame before is cached (or, with claimed, being fetched: a claim
+// may wait for another fetch); else the same for the frame before, and so
+// on back to a checkpoint (index.Frame.PrevWindow). A reader's load never
+// waits for another fetch: it may be what that fetch waits for, and it
+// holds one of the cache's load slots.
+func (s *Source) chainFrom(x *index.Index, k int, claimed bool) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for x.NeedsFrameBefore(k) {
 		d := x.Frames[k-1].Digest
-		if s.busy(d) != nil || s.store.Has(d) {
+		if (claimed && s.busy(d) != nil) || s.store.Has(d) {
 			break
 		}
 		k--
