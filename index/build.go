@@ -29,7 +29,7 @@ const DefaultSpan = 256 << 10
 // window (Frame.PrevWindow) start at the first deflate block at least
 // this far past the frame before. See docs/architecture.md, "Choosing the
 // span".
-const DefaultBlockSpan = 64 << 10
+const DefaultBlockSpan = 32 << 10
 
 // MaxSpan is the largest BuildOptions.Span.
 const MaxSpan = 32 << 20

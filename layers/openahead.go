@@ -65,38 +65,46 @@ func (s *Source) OpenedFile(x *index.Index, off, n int64) {
 	if len(missing) == 0 {
 		return
 	}
-	// Claimed here, in order: the first frame is left to the first read,
-	// which asks for it at once; but when the next one decodes only after
-	// it (index.Frame.PrevWindow), it gets a small request of its own,
+	// The first frame is left to the first read, which asks for it at
+	// once; but when the next one decodes only after it
+	// (index.Frame.PrevWindow), it gets a small request of its own,
 	// claimed first, so that the first read waits for that one only and
 	// the others, fetched at the same time, decode once it is stored.
-	var claims []claim
+	// Each run is claimed only once it has a slot to run in: a claim
+	// waiting for a slot would hold readers of its frames, and with them
+	// the claims that wait for those readers.
+	var runs [][]int
 	if missing[0] == first+1 && x.NeedsFrameBefore(first+1) && !s.store.Has(x.Frames[first].Digest) {
-		claims = s.claimRun(x, []int{first})
+		runs = append(runs, []int{first})
 	}
-	for _, run := range coalesce(x, missing, openAheadGap, openAheadRequest) {
-		claims = append(claims, s.claimRun(x, run)...)
-	}
-	for _, c := range claims {
-		s.wg.Add(1)
-		s.metrics.ReadaheadStarted()
-		go func() {
-			defer s.wg.Done()
+	runs = append(runs, coalesce(x, missing, openAheadGap, openAheadRequest)...)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for _, run := range runs {
 			select {
 			case s.openSem <- struct{}{}:
 			case <-s.stop.Done():
-				c.done()
-				s.metrics.ReadaheadDone(false)
 				return
 			}
-			defer func() { <-s.openSem }()
-			fetched, err := s.fetchClaims(s.stop, x, []claim{c})
-			s.metrics.ReadaheadDone(fetched > 0 && err == nil)
-			if err != nil && s.stop.Err() == nil {
-				s.log.Debug("fetch at open failed: its frames are left to readers", "layer", x.Layer, "frame", c.frames[0], "frames", len(c.frames), "err", err)
+			claims := s.claimRun(x, run)
+			if len(claims) == 0 {
+				<-s.openSem
+				continue
 			}
-		}()
-	}
+			s.wg.Add(1)
+			s.metrics.ReadaheadStarted()
+			go func() {
+				defer s.wg.Done()
+				defer func() { <-s.openSem }()
+				fetched, err := s.fetchClaims(s.stop, x, claims)
+				s.metrics.ReadaheadDone(fetched > 0 && err == nil)
+				if err != nil && s.stop.Err() == nil {
+					s.log.Debug("fetch at open failed: its frames are left to readers", "layer", x.Layer, "frame", run[0], "frames", len(run), "err", err)
+				}
+			}()
+		}
+	}()
 }
 
 // FetchRun is told that a read needs frames [first, end) of x; those not

@@ -120,6 +120,7 @@ func TestOpenedFileKeepsToTheProfile(t *testing.T) {
 	}
 	e.proxy.ClearStats()
 	src.OpenedFile(gz, f.Offset, f.Size)
+	time.Sleep(100 * time.Millisecond) // (fetches at open start in the background)
 	m.mu.Lock()
 	started := m.aheadStarted
 	m.mu.Unlock()
@@ -131,9 +132,14 @@ func TestOpenedFileKeepsToTheProfile(t *testing.T) {
 	src.OpenedFile(gz, gz.Frames[first+4].Offset, gz.Frames[first+4].Size+gz.Frames[first+5].Size+gz.Frames[first+6].Size)
 	big := entryAt(t, tar, "etc/big")
 	src.OpenedFile(tar, big.Offset, big.Size)
-	m.mu.Lock()
-	started = m.aheadStarted
-	m.mu.Unlock()
+	for wait := time.Now().Add(5 * time.Second); time.Now().Before(wait); time.Sleep(5 * time.Millisecond) {
+		m.mu.Lock()
+		started = m.aheadStarted
+		m.mu.Unlock()
+		if started >= 2 {
+			break
+		}
+	}
 	if started < 2 {
 		t.Errorf("opening files the profile named nothing of started %d fetches, want at least 2", started)
 	}

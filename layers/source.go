@@ -106,8 +106,9 @@ type Metrics interface {
 	// frame loads, read-ahead and whole-layer streams included.
 	fetch.Meter
 	// FrameFetched is told the time of each successful load of one frame
-	// from the registry: the Range read with its retries, and decoding.
-	// Whole-layer (zstd) loads are not timed.
+	// by a reader from the registry: the Range read with its retries, and
+	// decoding. Whole-layer (zstd) loads, read-ahead and prefetch requests
+	// are not timed.
 	FrameFetched(d time.Duration)
 	// ReadaheadStarted and ReadaheadDone bracket each frame read ahead of
 	// a sequential reader; fetched says whether it was loaded from the
