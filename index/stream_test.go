@@ -91,7 +91,7 @@ func TestDecodeAll(t *testing.T) {
 					t.Errorf("frame %d: digest %s, want %s", i, d, x.Frames[i].Digest)
 				}
 				f := &x.Frames[i]
-				single, err := x.DecodeFrame(i, tc.blob[f.CompressedOffset:f.CompressedOffset+f.CompressedSize])
+				single, err := x.DecodeFrameWith(i, tc.blob[f.CompressedOffset:f.CompressedOffset+f.CompressedSize], x.WindowFrom(i, got[len(got)-int(x.frameSize(i-1)):]))
 				if err != nil || !bytes.Equal(single, b) {
 					t.Errorf("frame %d: DecodeFrame = %d bytes, %v; DecodeAll gave %d bytes", i, len(single), err, len(b))
 				}
