@@ -399,8 +399,9 @@ func TestSourceReadsAhead(t *testing.T) {
 	}
 	src.wg.Wait()
 	src.Close()
-	if got := cached(); got != 2 {
-		t.Errorf("after reading two frames out of order, %d frames are cached; want 2", got)
+	last := len(x.Frames) - 1
+	if got, want := cached(), 2+last-chainStart(x, last); got != want {
+		t.Errorf("after reading two frames out of order, %d frames are cached; want %d (and those the last decodes after)", got, want)
 	}
 	// In order, the next frames follow without being asked for.
 	src = NewSource(e.client, e.img.Repo, e.store, nil)
@@ -411,7 +412,8 @@ func TestSourceReadsAhead(t *testing.T) {
 	}
 	src.wg.Wait() // the read-ahead, not cancelled as Close would
 	src.Close()
-	if got, want := cached(), 2+framesAhead(x, 1); got < want {
+	ahead, _ := framesAhead(x, 1)
+	if got, want := cached(), 2+ahead; got < want {
 		t.Errorf("after reading frames 0 and 1 in order, %d of %d frames are cached; want %d", got, len(x.Frames), want)
 	}
 }
@@ -433,14 +435,20 @@ func chainStart(x *index.Index, i int) int {
 }
 
 // framesAhead is how many frames a sequential reader of frame i of x has
-// read ahead: those starting within readahead bytes after it, at most
-// readaheadLoads.
-func framesAhead(x *index.Index, i int) int {
-	n := 0
+// read ahead, and in how many requests: the frames starting within
+// readahead bytes after it, in groups of readaheadRequest bytes.
+func framesAhead(x *index.Index, i int) (frames, requests int) {
+	var group int64
 	for k := i + 1; k < len(x.Frames) && x.Frames[k].Offset < x.Frames[i].Offset+x.Frames[i].Size+readahead; k++ {
-		n++
+		if group == 0 {
+			requests++
+		}
+		if group += x.Frames[k].Size; group >= readaheadRequest {
+			group = 0
+		}
+		frames++
 	}
-	return min(n, readaheadLoads)
+	return frames, min(requests, readaheadLoads)
 }
 
 // A frame that keeps no window (index.Frame.PrevWindow) is fetched with

@@ -74,7 +74,7 @@ func TestSourceMetricsMatchTheRegistry(t *testing.T) {
 	if len(m.frames) != 2 {
 		t.Errorf("frame loads timed = %d, want the 2 read (read-ahead requests are not frame loads)", len(m.frames))
 	}
-	if want := framesAhead(x, 1); m.aheadStarted != m.aheadDone || m.aheadFetched != want || m.aheadMaxInFlight < 1 {
+	if _, want := framesAhead(x, 1); m.aheadStarted != m.aheadDone || m.aheadFetched != want || m.aheadMaxInFlight < 1 {
 		t.Errorf("read-ahead: %d started, %d done, %d fetched, at most %d at once; want all done, %d fetched, ≥ 1 at once",
 			m.aheadStarted, m.aheadDone, m.aheadFetched, m.aheadMaxInFlight, want)
 	}
