@@ -301,7 +301,7 @@ func TestSourceServesVerifiedFrames(t *testing.T) {
 	if st.Requests != 2 {
 		t.Errorf("layer blob requests = %d (%v), want 2 (one corrupted, one good)", st.Requests, st.Ranges)
 	}
-	if need := chainBytes(x, first); st.Bytes > 2*need {
+	if need := spanBytes(x, first); st.Bytes > 2*need {
 		t.Errorf("fetched %d bytes for one frame of %d compressed bytes (from the frame it decodes after)", st.Bytes, need)
 	}
 	// A second read is served from the cache.
@@ -400,8 +400,8 @@ func TestSourceReadsAhead(t *testing.T) {
 	src.wg.Wait()
 	src.Close()
 	last := len(x.Frames) - 1
-	if got, want := cached(), 2+last-chainStart(x, last); got != want {
-		t.Errorf("after reading two frames out of order, %d frames are cached; want %d (and those the last decodes after)", got, want)
+	if got, want := cached(), last-chainStart(x, last)+1+spanEnd(x, 0)+1; got != want {
+		t.Errorf("after reading two frames out of order, %d frames are cached; want %d (and those of their spans before and after them)", got, want)
 	}
 	// In order, the next frames follow without being asked for.
 	src = NewSource(e.client, e.img.Repo, e.store, nil)
@@ -423,6 +423,21 @@ func TestSourceReadsAhead(t *testing.T) {
 // (index.Frame.PrevWindow).
 func chainBytes(x *index.Index, i int) int64 {
 	return x.Frames[i].CompressedOffset + x.Frames[i].CompressedSize - x.Frames[chainStart(x, i)].CompressedOffset
+}
+
+// spanEnd is the last frame a cold load of frame i of x fetches: the last
+// before the next that keeps its window.
+func spanEnd(x *index.Index, i int) int {
+	for x.NeedsFrameBefore(i + 1) {
+		i++
+	}
+	return i
+}
+
+// spanBytes is what a cold load of frame i of x fetches: from the frame
+// it decodes after to the end of its span.
+func spanBytes(x *index.Index, i int) int64 {
+	return x.Frames[spanEnd(x, i)].CompressedOffset + x.Frames[spanEnd(x, i)].CompressedSize - x.Frames[chainStart(x, i)].CompressedOffset
 }
 
 // chainStart is the frame a load of frame i of x starts from when no
@@ -453,8 +468,9 @@ func framesAhead(x *index.Index, i int) (frames, requests int) {
 
 // A frame that keeps no window (index.Frame.PrevWindow) is fetched with
 // the frames it decodes after, back to one whose window is at hand, in
-// one request; after a cached frame, alone. A read of several frames
-// (FetchRun) fetches them with one request.
+// one request, and a cold read with the rest of its span; after a cached
+// frame, with a profile, alone. A read of several frames (FetchRun)
+// fetches them with one request.
 func TestFramesWithoutWindows(t *testing.T) {
 	e := newPullEnv(t)
 	x := e.ls[0].Index
@@ -464,13 +480,9 @@ func TestFramesWithoutWindows(t *testing.T) {
 			chained = append(chained, k)
 		}
 	}
-	if len(chained) < 2 {
-		t.Fatalf("%d frames after a frame without a window; the test wants 2", len(chained))
+	if len(chained) < 2 || chainStart(x, chained[0]) == chainStart(x, chained[len(chained)-1]) {
+		t.Fatalf("frames %v after a frame without a window; the test wants some in two spans", chained)
 	}
-	k := chained[0]
-	src := NewSource(e.client, e.img.Repo, e.store, nil)
-	defer src.Close()
-	src.readahead = 0
 	ranges := func() []string {
 		st := e.proxy.Stats()
 		e.proxy.ClearStats()
@@ -479,34 +491,50 @@ func TestFramesWithoutWindows(t *testing.T) {
 	rangeOf := func(first, last int) string {
 		return fmt.Sprintf("bytes=%d-%d", x.Frames[first].CompressedOffset, x.Frames[last].CompressedOffset+x.Frames[last].CompressedSize-1)
 	}
+	src := NewSource(e.client, e.img.Repo, e.store, nil)
+	defer src.Close()
+	src.readahead = 0
+	k := chained[0]
 	e.proxy.ClearStats()
 	if _, err := src.Frame(t.Context(), x, k); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := ranges(), []string{rangeOf(chainStart(x, k), k)}; !slices.Equal(got, want) {
-		t.Errorf("reading frame %d with nothing cached fetched %v, want %v (from frame %d)", k, got, want, chainStart(x, k))
+	if got, want := ranges(), []string{rangeOf(chainStart(x, k), spanEnd(x, k))}; !slices.Equal(got, want) {
+		t.Errorf("reading frame %d with nothing cached fetched %v, want %v (frames %d to %d)", k, got, want, chainStart(x, k), spanEnd(x, k))
 	}
-	for j := chainStart(x, k); j <= k; j++ {
+	for j := chainStart(x, k); j <= spanEnd(x, k); j++ {
 		if !e.store.Has(x.Frames[j].Digest) {
-			t.Errorf("frame %d, which frame %d decodes after, not cached", j, k)
+			t.Errorf("frame %d, in the span of frame %d, not cached", j, k)
 		}
 	}
-	if _, err := src.Frame(t.Context(), x, k+1); err != nil {
+
+	// With a profile for the layer, a read fetches its own frame only.
+	m := chained[len(chained)-1]
+	src.setProfiled(x, []int{0})
+	if _, err := src.Frame(t.Context(), x, m-1); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := ranges(), []string{rangeOf(k+1, k+1)}; x.NeedsFrameBefore(k+1) && !slices.Equal(got, want) {
-		t.Errorf("reading frame %d after a cached one fetched %v, want %v", k+1, got, want)
+	if got, want := ranges(), []string{rangeOf(chainStart(x, m-1), m-1)}; !slices.Equal(got, want) {
+		t.Errorf("reading frame %d with a profile fetched %v, want %v", m-1, got, want)
+	}
+	if _, err := src.Frame(t.Context(), x, m); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ranges(), []string{rangeOf(m, m)}; !slices.Equal(got, want) {
+		t.Errorf("reading frame %d after a cached one fetched %v, want %v", m, got, want)
 	}
 
 	// Two frames of one read: one request, and both decode.
-	m := chained[len(chained)-1]
-	src.FetchRun(x, m, m+1)
+	e.freshStore(t)
+	src2 := NewSource(e.client, e.img.Repo, e.store, nil)
+	defer src2.Close()
+	src2.FetchRun(x, m, m+1)
 	if n := len(ranges()); n != 0 {
 		t.Errorf("FetchRun of one frame made %d requests", n)
 	}
-	src.FetchRun(x, m-1, m+1)
+	src2.FetchRun(x, m-1, m+1)
 	for _, j := range []int{m - 1, m} {
-		data, err := src.Frame(t.Context(), x, j)
+		data, err := src2.Frame(t.Context(), x, j)
 		if err != nil || digest.FromBytes(data) != x.Frames[j].Digest {
 			t.Fatalf("Frame(%d) after FetchRun: %v", j, err)
 		}

@@ -71,11 +71,20 @@ func TestSourceMetricsMatchTheRegistry(t *testing.T) {
 		t.Errorf("Source metrics = %d requests, %d bytes; the registry saw %d requests, %d blob bytes",
 			m.requests, m.bytes, st.BlobRequests+st.OtherRequests, st.BlobBytes)
 	}
-	if len(m.frames) != 2 {
-		t.Errorf("frame loads timed = %d, want the 2 read (read-ahead requests are not frame loads)", len(m.frames))
+	// Frame 1 came with frame 0 when it decodes after it (the rest of a
+	// span comes with a cold read).
+	if want := 2 - btoi(x.NeedsFrameBefore(1)); len(m.frames) != want {
+		t.Errorf("frame loads timed = %d, want the %d read (read-ahead requests are not frame loads)", len(m.frames), want)
 	}
-	if _, want := framesAhead(x, 1); m.aheadStarted != m.aheadDone || m.aheadFetched != want || m.aheadMaxInFlight < 1 {
-		t.Errorf("read-ahead: %d started, %d done, %d fetched, at most %d at once; want all done, %d fetched, ≥ 1 at once",
-			m.aheadStarted, m.aheadDone, m.aheadFetched, m.aheadMaxInFlight, want)
+	if _, most := framesAhead(x, 1); m.aheadStarted != m.aheadDone || m.aheadFetched < 1 || m.aheadFetched > most || m.aheadMaxInFlight < 1 {
+		t.Errorf("read-ahead: %d started, %d done, %d fetched, at most %d at once; want all done, 1 to %d fetched, ≥ 1 at once",
+			m.aheadStarted, m.aheadDone, m.aheadFetched, m.aheadMaxInFlight, most)
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

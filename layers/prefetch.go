@@ -219,13 +219,14 @@ func (s *Source) fetchClaims(ctx context.Context, x *index.Index, claims []claim
 // fetchRun fetches frames first..last of x (run, adjacent) with one Range
 // request, and their windows with another when needed, and stores them.
 func (s *Source) fetchRun(ctx context.Context, x *index.Index, run []int) (int64, error) {
-	n, _, err := s.fetchFrames(ctx, x, run[0], run[len(run)-1], true, true)
+	n, _, err := s.fetchFrames(ctx, x, run[0], run[len(run)-1], -1, true)
 	return n, err
 }
 
 // fetchFrames fetches frames first..last of x with one Range request and
-// decodes them in order, storing each (the last only if storeLast), and
-// returns the bytes asked for and the last frame's bytes.
+// decodes them in order, storing each but keep (a reader's frame, which
+// the cache stores as its load's result; -1: none), and returns the bytes
+// asked for and frame keep's bytes.
 //
 // Only the first frame's window may be needed from elsewhere: every later
 // one is the end of the frame decoded before it (index.WindowFrom). The
@@ -240,7 +241,7 @@ func (s *Source) fetchRun(ctx context.Context, x *index.Index, run []int) (int64
 // (chainFrom), and the window of the frame the request then starts with,
 // when it is not loaded, comes with a second Range read of the index blob
 // at the same time.
-func (s *Source) fetchFrames(ctx context.Context, x *index.Index, first, last int, storeLast, claimed bool) (int64, []byte, error) {
+func (s *Source) fetchFrames(ctx context.Context, x *index.Index, first, last, keep int, claimed bool) (int64, []byte, error) {
 	has := func(k int) bool { return s.store.Has(x.Frames[k].Digest) }
 	from := first
 	if x.NeedsFrameBefore(first) {
@@ -287,7 +288,7 @@ func (s *Source) fetchFrames(ctx context.Context, x *index.Index, first, last in
 			return n, nil, fmt.Errorf("frame %d, which frame %d decodes after: %w", from-1, from, err)
 		}
 	}
-	var data []byte
+	var kept []byte
 	var putErr error // the first frame the cache could not keep
 	for k := from; k <= last; k++ {
 		f := &x.Frames[k]
@@ -295,7 +296,7 @@ func (s *Source) fetchFrames(ctx context.Context, x *index.Index, first, last in
 		if win == nil {
 			win = x.WindowFrom(k, prev)
 		}
-		data, err = x.DecodeFrameWith(k, buf[f.CompressedOffset-off:f.CompressedOffset-off+f.CompressedSize], win)
+		data, err := x.DecodeFrameWith(k, buf[f.CompressedOffset-off:f.CompressedOffset-off+f.CompressedSize], win)
 		if err != nil {
 			return n, nil, fmt.Errorf("frame %d: %w", k, err)
 		}
@@ -303,7 +304,11 @@ func (s *Source) fetchFrames(ctx context.Context, x *index.Index, first, last in
 			data = bytes.Clone(data) // not a piece of buf, which the cache would keep alive
 		}
 		prev = data
-		if (k == last && !storeLast) || has(k) {
+		if k == keep {
+			kept = data
+			continue
+		}
+		if has(k) {
 			continue
 		}
 		if err := s.store.Put(ctx, f.Digest, data); err != nil {
@@ -317,10 +322,10 @@ func (s *Source) fetchFrames(ctx context.Context, x *index.Index, first, last in
 			}
 		}
 	}
-	if putErr != nil && storeLast {
-		return n, data, putErr
+	if putErr != nil && keep < 0 {
+		return n, nil, putErr
 	}
-	return n, data, nil
+	return n, kept, nil
 }
 
 // claim is a run of adjacent frames a caller of Source.claim is to fetch;

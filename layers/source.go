@@ -215,6 +215,43 @@ func (s *Source) fetchAhead(x *index.Index, i int) {
 	s.mu.Unlock()
 }
 
+// claimRestOfSpan claims, for a reader's load of frame i of x, the frames
+// after it up to the next that keeps its window, when none of them is
+// cached or being fetched; it returns the last claimed (i when none) and
+// the claim's end, to call when the load is done. A cold reader rarely
+// stops inside a span (a program reads on through its files and
+// libraries), and a round trip costs more than a span's bytes here: go
+// run's cold start made 379 requests in 5.96 s with each 64 KiB frame
+// fetched on its own, 270 in 4.42 s with 256 KiB spans. With a prefetch
+// profile for the layer, only frame i: the profile says what is read.
+func (s *Source) claimRestOfSpan(x *index.Index, i int) (last int, done func()) {
+	last, done = i, func() {}
+	if x.Format != index.FormatGzip || s.stop.Err() != nil {
+		return last, done
+	}
+	s.mu.Lock()
+	profiled := len(s.profiled[x.Layer]) > 0
+	s.mu.Unlock()
+	var run []int
+	for k := i + 1; !profiled && x.NeedsFrameBefore(k) && !s.store.Has(x.Frames[k].Digest); k++ {
+		run = append(run, k)
+	}
+	if len(run) == 0 {
+		return last, done
+	}
+	claims := s.claim(x, run)
+	for _, c := range claims[min(1, len(claims)):] {
+		c.done() // not right after frame i: left to their readers
+	}
+	if len(claims) == 0 || claims[0].frames[0] != i+1 {
+		if len(claims) > 0 {
+			claims[0].done()
+		}
+		return last, done
+	}
+	return claims[0].frames[len(claims[0].frames)-1], claims[0].done
+}
+
 // corruptFetches bounds how often one read fetches a frame whose bytes do
 // not match its digest (a flaky proxy, a bad disk on the registry) before it
 // fails with EIO.
@@ -275,10 +312,12 @@ func (s *Source) frame(ctx context.Context, x *index.Index, i int) (_ []byte, fe
 				data []byte
 				err  error
 			)
-			if x.NeedsFrameBefore(i) {
+			if last, done := s.claimRestOfSpan(x, i); x.NeedsFrameBefore(i) || last > i {
 				// Decoded after the frame before: fetched with it, when
-				// that is not at hand (fetchFrames).
-				_, data, err = s.fetchFrames(ctx, x, i, i, false, false)
+				// that is not at hand (fetchFrames); and with the frames
+				// after it up to the next checkpoint (claimRestOfSpan).
+				_, data, err = s.fetchFrames(ctx, x, i, last, i, false)
+				done()
 			} else {
 				var comp, win []byte
 				if comp, win, err = s.readFrame(ctx, x, i); err != nil {
