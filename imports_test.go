@@ -15,6 +15,7 @@ var allowed = map[string][]string{
 	"fetch":                  {},
 	"cache":                  {"index"},
 	"fusefs":                 {"index"},
+	"unpack":                 {"index"},
 	"layers":                 {"index", "fetch", "cache"},
 	"metrics":                {"cache"},
 	"snapshotter":            {"index", "fetch", "cache", "fusefs", "layers", "metrics"},
