@@ -422,6 +422,13 @@ type PullOptions struct {
 	Indexed func(ls []layers.Layer)
 	// Progress is layers.PullConfig.Progress.
 	Progress func(layers.PullProgress)
+	// Unpack writes every layer out under ROOT/layers once its frames are
+	// cached (docker's pull unpacks too), so that containers of the image
+	// run on a kernel overlay over them, without FUSE.
+	Unpack bool
+	// Unpacked, if set, is told about each layer as its unpack ends;
+	// calls may come from several goroutines at once.
+	Unpacked func(UnpackProgress)
 }
 
 // PullResult is what Pull did.
@@ -429,6 +436,8 @@ type PullResult struct {
 	Image  *fetch.Image
 	Layers []layers.Layer
 	Pulls  []layers.LayerPull // per layer
+	// Unpacks is per layer what the unpack did (with PullOptions.Unpack).
+	Unpacks []UnpackProgress
 }
 
 // Fetched reports whether the pull stored anything.
@@ -443,7 +452,8 @@ func (p *PullResult) Fetched() bool {
 
 // Pull resolves ref, finds (or builds) every layer's index, and puts every
 // frame of the image into the cache, so that the image then runs — every
-// file of it — without the registry. The image is recorded as seen once it
+// file of it — without the registry; with opt.Unpack it then unpacks every
+// layer from the cache (see unpackImage). The image is recorded as seen once it
 // is resolved, and as pulled once every frame is in the cache.
 func (r *Runtime) Pull(ctx context.Context, ref string, opt PullOptions) (*PullResult, error) {
 	img, err := r.cfg.Client.Resolve(ctx, ref)
@@ -470,7 +480,13 @@ func (r *Runtime) Pull(ctx context.Context, ref string, opt PullOptions) (*PullR
 	if err := r.RecordImage(ref, img, true); err != nil {
 		return nil, err
 	}
-	return &PullResult{Image: img, Layers: ls, Pulls: pulls}, nil
+	res := &PullResult{Image: img, Layers: ls, Pulls: pulls}
+	if opt.Unpack {
+		if res.Unpacks, err = r.unpackImage(ctx, img, ls, opt.Unpacked); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
 }
 
 // ImageInfo is an image record with what the cache holds of it now.
