@@ -473,16 +473,41 @@ func (r *Runtime) Pull(ctx context.Context, ref string, opt PullOptions) (*PullR
 	if opt.Indexed != nil {
 		opt.Indexed(ls)
 	}
-	pulls, err := r.cfg.Resolver.Pull(ctx, img, ls, layers.PullConfig{Parallel: opt.Parallel, Progress: opt.Progress})
-	if err != nil {
-		return nil, err
+	progress := opt.Progress
+	var (
+		un     *imageUnpack
+		cancel context.CancelFunc = func() {}
+	)
+	if opt.Unpack {
+		// Each layer is unpacked as soon as its frames are in: behind the
+		// fetch of the others.
+		var uctx context.Context
+		uctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		un = r.startUnpack(uctx, img, ls, opt.Unpacked)
+		progress = func(pp layers.PullProgress) {
+			if opt.Progress != nil {
+				opt.Progress(pp)
+			}
+			if pp.Done {
+				un.layer(pp.Layer)
+			}
+		}
 	}
-	if err := r.RecordImage(ref, img, true); err != nil {
+	pulls, err := r.cfg.Resolver.Pull(ctx, img, ls, layers.PullConfig{Parallel: opt.Parallel, Progress: progress})
+	if err == nil {
+		err = r.RecordImage(ref, img, true)
+	}
+	if err != nil {
+		if un != nil {
+			cancel()
+			un.wait() //nolint:errcheck // the pull failed: this only stops the unpacks started
+		}
 		return nil, err
 	}
 	res := &PullResult{Image: img, Layers: ls, Pulls: pulls}
-	if opt.Unpack {
-		if res.Unpacks, err = r.unpackImage(ctx, img, ls, opt.Unpacked); err != nil {
+	if un != nil {
+		if res.Unpacks, err = un.wait(); err != nil {
 			return nil, err
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"sync"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sync/errgroup"
@@ -41,38 +42,86 @@ type UnpackProgress struct {
 	Err error
 }
 
-// unpackImage writes every layer of ls out under ROOT/layers from the
-// frames the cache holds (a pull has just put them all there: nothing is
-// fetched), telling progress about each. A layer that cannot be unpacked
-// is logged and reported, not returned: the image runs without it, lazily.
-// Only ctx's end is an error.
-func (r *Runtime) unpackImage(ctx context.Context, img *fetch.Image, ls []layers.Layer, progress func(UnpackProgress)) ([]UnpackProgress, error) {
-	src := layers.NewSource(r.cfg.Client, img.Repo, r.cfg.Store, r.log)
-	defer src.Close()
-	store := r.unpacked()
-	out := make([]UnpackProgress, len(ls))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(unpackParallel)
-	for i, l := range ls {
-		g.Go(func() error {
-			res, err := store.Unpack(gctx, l.Index, src)
-			if err != nil && gctx.Err() != nil {
-				return gctx.Err()
-			}
-			if err != nil {
-				r.log.Warn("layer not unpacked: the image runs over FUSE", "image", img.Ref, "layer", l.Desc.Digest, "err", err)
-			}
-			out[i] = UnpackProgress{Layer: i, Digest: l.Desc.Digest, Result: res, Err: err}
-			if progress != nil {
-				progress(out[i])
-			}
-			return nil
-		})
+// imageUnpack writes the layers of one image out under ROOT/layers from
+// the frames the cache holds, each as soon as the pull has put all of its
+// frames there (so that unpacking overlaps the fetch of the others), at
+// most unpackParallel at once. A layer that cannot be unpacked is logged
+// and reported, not returned: the image runs without it, lazily. Only
+// ctx's end is an error.
+type imageUnpack struct {
+	r        *Runtime
+	img      *fetch.Image
+	ls       []layers.Layer
+	progress func(UnpackProgress)
+	src      *layers.Source
+	store    *unpack.Store
+	g        *errgroup.Group
+	gctx     context.Context
+
+	mu      sync.Mutex // guards started; out[i] is written by layer i's goroutine alone
+	started []bool
+	out     []UnpackProgress
+}
+
+func (r *Runtime) startUnpack(ctx context.Context, img *fetch.Image, ls []layers.Layer, progress func(UnpackProgress)) *imageUnpack {
+	u := &imageUnpack{r: r, img: img, ls: ls, progress: progress,
+		src:   layers.NewSource(r.cfg.Client, img.Repo, r.cfg.Store, r.log),
+		store: r.unpacked(), started: make([]bool, len(ls)), out: make([]UnpackProgress, len(ls))}
+	u.g, u.gctx = errgroup.WithContext(ctx)
+	u.g.SetLimit(unpackParallel)
+	return u
+}
+
+// layer starts unpacking layer i (once) in the background if a slot is
+// free, without waiting: it is called from the pull's progress, which must
+// not stall. A layer it cannot start now is left for wait.
+func (u *imageUnpack) layer(i int) { u.start(i, false) }
+
+func (u *imageUnpack) start(i int, block bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.started[i] {
+		return
 	}
-	if err := g.Wait(); err != nil {
-		return out, fmt.Errorf("unpack %s: %w", img.Ref, err)
+	l := u.ls[i]
+	f := func() error {
+		res, err := u.store.Unpack(u.gctx, l.Index, u.src)
+		if err != nil && u.gctx.Err() != nil {
+			return u.gctx.Err()
+		}
+		if err != nil {
+			u.r.log.Warn("layer not unpacked: the image runs over FUSE", "image", u.img.Ref, "layer", l.Desc.Digest, "err", err)
+		}
+		u.out[i] = UnpackProgress{Layer: i, Digest: l.Desc.Digest, Result: res, Err: err}
+		if u.progress != nil {
+			u.progress(u.out[i])
+		}
+		return nil
 	}
-	return out, nil
+	if block {
+		u.mu.Unlock() // Go may wait for a slot: not under the lock
+		u.g.Go(f)
+		u.mu.Lock()
+		u.started[i] = true
+		return
+	}
+	u.started[i] = u.g.TryGo(f)
+}
+
+// wait unpacks the layers not started yet and waits for all of them. It
+// is called once, after the pull (after the pull's last progress call).
+func (u *imageUnpack) wait() ([]UnpackProgress, error) {
+	defer u.src.Close()
+	for i := range u.ls {
+		if u.gctx.Err() != nil {
+			break
+		}
+		u.start(i, true)
+	}
+	if err := u.g.Wait(); err != nil {
+		return u.out, fmt.Errorf("unpack %s: %w", u.img.Ref, err)
+	}
+	return u.out, nil
 }
 
 // unpackedLowers returns the overlay lower directories of img's unpacked

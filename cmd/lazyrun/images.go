@@ -154,6 +154,9 @@ func (p *pullPrinter) progress(pp layers.PullProgress) {
 func (p *pullPrinter) unpacked(up runtime.UnpackProgress) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.pb != nil {
+		p.pb.Clear() //nolint:errcheck
+	}
 	switch {
 	case up.Err != nil:
 		fmt.Fprintf(p.out, "%s: Not unpacked (runs over FUSE): %v\n", cli.ShortDigest(up.Digest), up.Err)
