@@ -15,10 +15,11 @@ var allowed = map[string][]string{
 	"fetch":                  {},
 	"cache":                  {"index"},
 	"fusefs":                 {"index"},
+	"unpack":                 {"index"},
 	"layers":                 {"index", "fetch", "cache"},
 	"metrics":                {"cache"},
 	"snapshotter":            {"index", "fetch", "cache", "fusefs", "layers", "metrics"},
-	"runtime":                {"fusefs", "fetch", "index", "layers", "cache", "runtime/spec", "runtime/cgroup"},
+	"runtime":                {"fusefs", "fetch", "index", "layers", "cache", "unpack", "runtime/spec", "runtime/cgroup"},
 	"runtime/spec":           {},
 	"runtime/cgroup":         {},
 	"bench":                  nil, // anything

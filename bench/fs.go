@@ -174,7 +174,9 @@ func (r *runner) measureFS(ctx context.Context) {
 		return
 	}
 	r.logf("fs: lazyrun pull %s (warm cache; not timed)", r.ref(fsImage))
-	d, _, err := r.command(ctx, r.logPath("fs-pull"), nil, r.lazyrun(root, "pull", r.ref(fsImage))...)
+	// Not unpacked: the overlay and fuse modes measure the FUSE mount over
+	// a warm cache, which an unpacked image would not use.
+	d, _, err := r.command(ctx, r.logPath("fs-pull"), nil, r.lazyrun(root, "pull", "--unpack=false", r.ref(fsImage))...)
 	if err != nil {
 		fr.Skipped = "lazyrun pull: " + err.Error()
 		return

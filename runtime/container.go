@@ -54,6 +54,10 @@ type Container struct {
 	// Rootfs is the directory the container runs on instead of an image
 	// (run --rootfs): the lower layer of its overlay, not written to.
 	Rootfs string `json:"rootfs,omitempty"`
+	// Lower is what the image was mounted from at the last start:
+	// LowerUnpacked or LowerLazy ("" with Rootfs). It is written with
+	// config.json at each start.
+	Lower string `json:"lower,omitempty"`
 	// ProfileLooked says that Create looked for the image's prefetch
 	// profile, and kept it in prefetch.json if there was one: the
 	// supervisor need not look again.

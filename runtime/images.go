@@ -422,6 +422,13 @@ type PullOptions struct {
 	Indexed func(ls []layers.Layer)
 	// Progress is layers.PullConfig.Progress.
 	Progress func(layers.PullProgress)
+	// Unpack writes every layer out under ROOT/layers once its frames are
+	// cached (docker's pull unpacks too), so that containers of the image
+	// run on a kernel overlay over them, without FUSE.
+	Unpack bool
+	// Unpacked, if set, is told about each layer as its unpack ends;
+	// calls may come from several goroutines at once.
+	Unpacked func(UnpackProgress)
 }
 
 // PullResult is what Pull did.
@@ -429,6 +436,8 @@ type PullResult struct {
 	Image  *fetch.Image
 	Layers []layers.Layer
 	Pulls  []layers.LayerPull // per layer
+	// Unpacks is per layer what the unpack did (with PullOptions.Unpack).
+	Unpacks []UnpackProgress
 }
 
 // Fetched reports whether the pull stored anything.
@@ -443,7 +452,8 @@ func (p *PullResult) Fetched() bool {
 
 // Pull resolves ref, finds (or builds) every layer's index, and puts every
 // frame of the image into the cache, so that the image then runs — every
-// file of it — without the registry. The image is recorded as seen once it
+// file of it — without the registry; with opt.Unpack it then unpacks every
+// layer from the cache (see unpackImage). The image is recorded as seen once it
 // is resolved, and as pulled once every frame is in the cache.
 func (r *Runtime) Pull(ctx context.Context, ref string, opt PullOptions) (*PullResult, error) {
 	img, err := r.cfg.Client.Resolve(ctx, ref)
@@ -463,14 +473,45 @@ func (r *Runtime) Pull(ctx context.Context, ref string, opt PullOptions) (*PullR
 	if opt.Indexed != nil {
 		opt.Indexed(ls)
 	}
-	pulls, err := r.cfg.Resolver.Pull(ctx, img, ls, layers.PullConfig{Parallel: opt.Parallel, Progress: opt.Progress})
+	progress := opt.Progress
+	var (
+		un     *imageUnpack
+		cancel context.CancelFunc = func() {}
+	)
+	if opt.Unpack {
+		// Each layer is unpacked as soon as its frames are in: behind the
+		// fetch of the others.
+		var uctx context.Context
+		uctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		un = r.startUnpack(uctx, img, ls, opt.Unpacked)
+		progress = func(pp layers.PullProgress) {
+			if opt.Progress != nil {
+				opt.Progress(pp)
+			}
+			if pp.Done {
+				un.layer(pp.Layer)
+			}
+		}
+	}
+	pulls, err := r.cfg.Resolver.Pull(ctx, img, ls, layers.PullConfig{Parallel: opt.Parallel, Progress: progress})
+	if err == nil {
+		err = r.RecordImage(ref, img, true)
+	}
 	if err != nil {
+		if un != nil {
+			cancel()
+			un.wait() //nolint:errcheck // the pull failed: this only stops the unpacks started
+		}
 		return nil, err
 	}
-	if err := r.RecordImage(ref, img, true); err != nil {
-		return nil, err
+	res := &PullResult{Image: img, Layers: ls, Pulls: pulls}
+	if un != nil {
+		if res.Unpacks, err = un.wait(); err != nil {
+			return nil, err
+		}
 	}
-	return &PullResult{Image: img, Layers: ls, Pulls: pulls}, nil
+	return res, nil
 }
 
 // ImageInfo is an image record with what the cache holds of it now.

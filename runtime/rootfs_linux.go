@@ -100,14 +100,82 @@ func mountRoot(p *rootfsPlan) error {
 		}
 		return nil
 	}
-	// The features that would write overlay-private xattrs into the upper
-	// (redirects, metacopy, the inode index) stay off whatever the kernel's
-	// defaults: the upper must stay a plain layer that commit can read and
-	// that fusefs' own copy-on-write produces too.
-	opts := fmt.Sprintf("redirect_dir=off,index=off,metacopy=off,xino=off,lowerdir=%s,upperdir=%s,workdir=%s",
-		strings.Join(escapeOverlay(p.Lower), ":"), escapeOverlay([]string{p.Upper})[0], escapeOverlay([]string{p.Work})[0])
-	if err := unix.Mount("overlay", p.Rootfs, "overlay", 0, opts); err != nil {
-		return fmt.Errorf("mount overlay on %s: %w", p.Rootfs, err)
+	return mountOverlay(p.Rootfs, p.Lower, p.Upper, p.Work)
+}
+
+// overlayOff are the features that would write overlay-private xattrs into
+// the upper (redirects, metacopy, the inode index): off whatever the
+// kernel's defaults, so the upper stays a plain layer that commit can read
+// and that fusefs' own copy-on-write produces too.
+var overlayOff = []string{"redirect_dir", "index", "metacopy", "xino"}
+
+// mountOverlay mounts a kernel overlay on target: lower (top first), upper
+// and work. It uses the new mount API, one "lowerdir+" per layer (Linux
+// 6.8+), since an image of many layers on long paths does not fit the one
+// page of options mount(2) takes (40 layers under ROOT/layers/sha256 are
+// over 4 KiB); on an older kernel it falls back to mount(2).
+func mountOverlay(target string, lower []string, upper, work string) error {
+	fd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return mountOverlayLegacy(target, lower, upper, work)
+	}
+	defer unix.Close(fd)
+	// A refused parameter's reason is in the context's log.
+	fail := func(what string, err error) error {
+		buf := make([]byte, 512)
+		if n, rerr := unix.Read(fd, buf); rerr == nil && n > 0 {
+			return fmt.Errorf("mount overlay on %s: %s: %w (%s)", target, what, err, strings.TrimSpace(string(buf[:n])))
+		}
+		return fmt.Errorf("mount overlay on %s: %s: %w", target, what, err)
+	}
+	for _, k := range overlayOff {
+		if err := unix.FsconfigSetString(fd, k, "off"); err != nil {
+			return fail(k+"=off", err)
+		}
+	}
+	for i, l := range lower {
+		if err := unix.FsconfigSetString(fd, "lowerdir+", l); err != nil {
+			if i == 0 && errors.Is(err, unix.EINVAL) {
+				// A kernel before 6.8 does not know "lowerdir+".
+				return mountOverlayLegacy(target, lower, upper, work)
+			}
+			return fail("lowerdir+ "+l, err)
+		}
+	}
+	if err := unix.FsconfigSetString(fd, "upperdir", upper); err != nil {
+		return fail("upperdir", err)
+	}
+	if err := unix.FsconfigSetString(fd, "workdir", work); err != nil {
+		return fail("workdir", err)
+	}
+	if err := unix.FsconfigCreate(fd); err != nil {
+		return fail("create", err)
+	}
+	mfd, err := unix.Fsmount(fd, unix.FSMOUNT_CLOEXEC, 0)
+	if err != nil {
+		return fail("fsmount", err)
+	}
+	defer unix.Close(mfd)
+	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("mount overlay on %s: move_mount: %w", target, err)
+	}
+	return nil
+}
+
+// mountOverlayLegacy is mountOverlay with mount(2) and its options string.
+func mountOverlayLegacy(target string, lower []string, upper, work string) error {
+	opts := ""
+	for _, k := range overlayOff {
+		opts += k + "=off,"
+	}
+	opts += fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s",
+		strings.Join(escapeOverlay(lower), ":"), escapeOverlay([]string{upper})[0], escapeOverlay([]string{work})[0])
+	if len(opts) >= os.Getpagesize() {
+		return fmt.Errorf("mount overlay on %s: %d lower directories take %d bytes of options, over the page mount(2) takes (Linux 6.8+ has no such limit)",
+			target, len(lower), len(opts))
+	}
+	if err := unix.Mount("overlay", target, "overlay", 0, opts); err != nil {
+		return fmt.Errorf("mount overlay on %s: %w", target, err)
 	}
 	return nil
 }

@@ -107,8 +107,10 @@ func (e *StartError) Unwrap() error { return e.Err }
 
 // Create finds the image ref names as opt.Pull says (imageToRun), makes
 // sure every layer has an index (building the missing ones, which the log
-// says), and records a new container from it, ready for Start. A failure
-// is a *StartError with code 125.
+// says), and records a new container from it, ready for Start. An image
+// whose layers a pull unpacked needs no index nor prefetch profile: with
+// kernel overlay copy-on-write its container runs on the unpacked layers.
+// A failure is a *StartError with code 125.
 func (r *Runtime) Create(ctx context.Context, ref string, opt RunOptions) (*Container, error) {
 	if opt.Rootfs {
 		return r.createOnRootfs(ref, opt)
@@ -125,11 +127,17 @@ func (r *Runtime) Create(ctx context.Context, ref string, opt RunOptions) (*Cont
 		layersErr error
 		prof      *layers.Profile
 		profAsked bool // the registry answered, with a profile or without one
+		unpacked  bool // every layer is unpacked: the supervisor needs no index, no profile
 	)
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	lookUp := func(m *fetch.Image) {
 		started = true
+		if opt.Spec.Cow != CowFuse && !opt.Spec.RecordPrefetch {
+			if _, unpacked = r.unpackedLowers(m); unpacked {
+				return
+			}
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -177,7 +185,7 @@ func (r *Runtime) Create(ctx context.Context, ref string, opt RunOptions) (*Cont
 		return nil, &StartError{ExitSetup, fmt.Errorf("copy-on-write mode %q: want %s or %s", opt.Spec.Cow, CowOverlay, CowFuse)}
 	}
 	c := &Container{Name: opt.Name, Image: ref, ImageDigest: img.Digest, Spec: opt.Spec,
-		ProfileLooked: !opt.Spec.NoPrefetch && !opt.Spec.RecordPrefetch}
+		ProfileLooked: !opt.Spec.NoPrefetch && !opt.Spec.RecordPrefetch && !unpacked}
 	if err := checkNet(&c.Spec); err != nil {
 		return nil, &StartError{ExitSetup, err}
 	}

@@ -235,7 +235,10 @@ func (s *supervisor) run(report func(initStatus)) (code int, err error) {
 			}
 		}()
 	}
-	if n, err := ParseImageName(c.Image); err == nil && c.Rootfs == "" && r.cfg.Client != nil {
+	// A pulled image whose layers are unpacked runs on them: no FUSE, no
+	// index, no frame source, no registry.
+	unpackedImg, unpackedDirs := r.unpackedImage(c)
+	if n, err := ParseImageName(c.Image); err == nil && c.Rootfs == "" && unpackedImg == nil && r.cfg.Client != nil {
 		// The handshake with the registry, first thing, while the rest is
 		// set up: the first read then costs one round trip.
 		hctx, cancel := context.WithTimeout(ctx, profileTimeout)
@@ -273,14 +276,27 @@ func (s *supervisor) run(report func(initStatus)) (code int, err error) {
 	}()
 	img := &fetch.Image{} // --rootfs: no image, no image config
 	lower := []string{c.initDir(), c.Rootfs}
-	if c.Rootfs == "" {
+	c.Lower = ""
+	switch {
+	case unpackedImg != nil:
+		if err := writeInitLayer(c.initDir()); err != nil {
+			return 0, fmt.Errorf("init layer: %w", err)
+		}
+		img, lower, c.Lower = unpackedImg, append([]string{c.initDir()}, unpackedDirs...), LowerUnpacked
+		// In supervisor.log only: an attached terminal is the program's.
+		r.log.Info("image on its unpacked layers: kernel overlay, no FUSE", "id", c.ShortID(), "image", c.Image,
+			"layers", len(unpackedDirs), "path", filepath.Dir(unpackedDirs[0]))
+	case c.Rootfs == "":
+		c.Lower = LowerLazy
 		var done func()
 		if img, lower, done, err = s.mountImage(ctx, start); err != nil {
 			return 0, err
 		}
 		defer done()
-	} else if err := writeInitLayer(c.initDir()); err != nil {
-		return 0, fmt.Errorf("init layer: %w", err)
+	default:
+		if err := writeInitLayer(c.initDir()); err != nil {
+			return 0, fmt.Errorf("init layer: %w", err)
+		}
 	}
 
 	binds, err := r.initFiles(c)
@@ -954,29 +970,10 @@ func (r *Runtime) stopSignal(c *Container, img *fetch.Image) (syscall.Signal, er
 // containerImage is the image c was created from, by digest: from the
 // kept manifest and config, else from the registry.
 func (r *Runtime) containerImage(ctx context.Context, c *Container) (*fetch.Image, error) {
-	n, err := ParseImageName(c.Image)
-	if err != nil {
+	if _, err := ParseImageName(c.Image); err != nil {
 		return nil, err
 	}
-	img := &fetch.Image{Ref: c.Image, Repo: n.Repository, Digest: c.ImageDigest}
-	local := func() error {
-		var err error
-		if img.RawManifest, err = r.imageBlob(c.ImageDigest); err != nil {
-			return err
-		}
-		if err := json.Unmarshal(img.RawManifest, &img.Manifest); err != nil {
-			return fmt.Errorf("manifest %s: %w", c.ImageDigest, err)
-		}
-		img.MediaType = img.Manifest.MediaType
-		if img.RawConfig, err = r.imageBlob(img.Manifest.Config.Digest); err != nil {
-			return err
-		}
-		if err := json.Unmarshal(img.RawConfig, &img.Config); err != nil {
-			return fmt.Errorf("config %s: %w", img.Manifest.Config.Digest, err)
-		}
-		return nil
-	}
-	lerr := local()
+	img, lerr := r.localContainerImage(c)
 	if lerr == nil {
 		return img, nil
 	}
@@ -988,6 +985,30 @@ func (r *Runtime) containerImage(ctx context.Context, c *Container) (*fetch.Imag
 		return nil, err
 	}
 	return r.cfg.Client.Resolve(ctx, ref)
+}
+
+// localContainerImage is c's image as this root recorded it (manifest
+// and config under images/blobs), without the registry.
+func (r *Runtime) localContainerImage(c *Container) (*fetch.Image, error) {
+	n, err := ParseImageName(c.Image)
+	if err != nil {
+		return nil, err
+	}
+	img := &fetch.Image{Ref: c.Image, Repo: n.Repository, Digest: c.ImageDigest}
+	if img.RawManifest, err = r.imageBlob(c.ImageDigest); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(img.RawManifest, &img.Manifest); err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", c.ImageDigest, err)
+	}
+	img.MediaType = img.Manifest.MediaType
+	if img.RawConfig, err = r.imageBlob(img.Manifest.Config.Digest); err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(img.RawConfig, &img.Config); err != nil {
+		return nil, fmt.Errorf("config %s: %w", img.Manifest.Config.Digest, err)
+	}
+	return img, nil
 }
 
 func exitCode(ps *os.ProcessState) int {

@@ -20,6 +20,7 @@ import (
 
 func newPullCommand(g *cli.Globals) *cobra.Command {
 	var parallel int
+	var unpack bool
 	cmd := &cobra.Command{
 		Use:   "pull [OPTIONS] IMAGE",
 		Short: "Fetch every file of an image into the cache, so that it runs without the registry",
@@ -27,7 +28,12 @@ func newPullCommand(g *cli.Globals) *cobra.Command {
 frame of every layer that the cache does not hold yet, in few large requests.
 Afterwards the image runs, every file of it, with the registry unreachable:
 lazyrun run then uses the image as pulled. This is also the "pull everything
-first" baseline that lazy starts are measured against.`,
+first" baseline that lazy starts are measured against.
+
+With --unpack (the default) every layer is then written out from the cache
+under ROOT/layers, as docker unpacks a pulled image: containers of the image
+(--cow=overlay) run on a kernel overlay straight over those directories, with
+no FUSE mount. --unpack=false keeps only the cache.`,
 		Args: cli.ExactArgs(1, "one image reference"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref := args[0]
@@ -57,6 +63,8 @@ first" baseline that lazy starts are measured against.`,
 				},
 				Indexed:  pr.start,
 				Progress: pr.progress,
+				Unpack:   unpack,
+				Unpacked: pr.unpacked,
 			})
 			pr.finish()
 			if err != nil {
@@ -77,6 +85,7 @@ first" baseline that lazy starts are measured against.`,
 		},
 	}
 	cmd.Flags().IntVar(&parallel, "parallel", 0, "requests in flight at once (0 = 6)")
+	cmd.Flags().BoolVar(&unpack, "unpack", true, "unpack every layer under the root once cached, so that containers run on kernel overlayfs without FUSE")
 	return cmd
 }
 
@@ -139,6 +148,24 @@ func (p *pullPrinter) progress(pp layers.PullProgress) {
 		status = "Already exists"
 	}
 	fmt.Fprintf(p.out, "%s: %s\n", cli.ShortDigest(pp.Digest), status)
+}
+
+// unpacked prints a layer's unpack as it ends: docker's "Extracting" done.
+func (p *pullPrinter) unpacked(up runtime.UnpackProgress) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pb != nil {
+		p.pb.Clear() //nolint:errcheck
+	}
+	switch {
+	case up.Err != nil:
+		fmt.Fprintf(p.out, "%s: Not unpacked (runs over FUSE): %v\n", cli.ShortDigest(up.Digest), up.Err)
+	case up.Result.Already:
+		fmt.Fprintf(p.out, "%s: Already unpacked\n", cli.ShortDigest(up.Digest))
+	default:
+		fmt.Fprintf(p.out, "%s: Unpacked (%s in %d entries, %.1fs)\n", cli.ShortDigest(up.Digest),
+			cli.HumanBytes(up.Result.Bytes), up.Result.Entries, up.Result.Dur.Seconds())
+	}
 }
 
 func (p *pullPrinter) finish() {
