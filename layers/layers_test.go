@@ -425,6 +425,31 @@ func chainBytes(x *index.Index, i int) int64 {
 	return x.Frames[i].CompressedOffset + x.Frames[i].CompressedSize - x.Frames[chainStart(x, i)].CompressedOffset
 }
 
+// Two readers moving through one layer in turns are each read ahead
+// (one stream of frames per reader, not one per layer).
+func TestSourceReadsAheadTwoStreams(t *testing.T) {
+	e := newPullEnv(t)
+	x := e.ls[0].Index
+	if len(x.Frames) < 20 {
+		t.Fatalf("layer has %d frames; the test needs 20", len(x.Frames))
+	}
+	src := NewSource(e.client, e.img.Repo, e.store, nil)
+	src.setProfiled(x, []int{len(x.Frames) - 1}) // reads fetch their frame alone
+	a, b := 1, len(x.Frames)/2+1
+	for _, i := range []int{a, b, a + 1, b + 1} {
+		if _, err := src.Frame(t.Context(), x, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src.wg.Wait()
+	src.Close()
+	for _, i := range []int{a + 2, b + 2} {
+		if !e.store.Has(x.Frames[i].Digest) {
+			t.Errorf("frame %d, after a reader of frames %d and %d, not read ahead", i, i-2, i-1)
+		}
+	}
+}
+
 // spanEnd is the last frame a cold load of frame i of x fetches: the last
 // before the next that keeps its window.
 func spanEnd(x *index.Index, i int) int {

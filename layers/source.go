@@ -31,8 +31,7 @@ type Source struct {
 
 	mu          sync.Mutex                      // guards the maps below
 	whole       map[digest.Digest]*whole        // streamed layers (zstd), one fetch each
-	last        map[digest.Digest]int           // the frame of each layer asked for last
-	ahead       map[digest.Digest]int           // the highest frame of each layer fetched ahead
+	streams     map[digest.Digest][]readStream  // per layer, its recent readers, most recent last
 	inflight    map[digest.Digest]chan struct{} // frames a prefetch request is fetching
 	loading     map[digest.Digest]*loadingFrame // frames readers are reading: claim leaves them out
 	prefetching map[digest.Digest]int           // prefetch jobs of each layer not finished
@@ -66,7 +65,7 @@ type Source struct {
 const (
 	readahead        = 1 << 20
 	readaheadRequest = 256 << 10 // uncompressed bytes of frames one read-ahead request asks for, at least
-	readaheadLoads   = 4
+	readaheadLoads   = 8 // requests in flight: two readers' worth
 )
 
 // DefaultReadTimeout bounds how long a read waits for a frame that is not
@@ -82,7 +81,7 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Source{client: client, repo: repo, store: store, log: log,
-		whole: map[digest.Digest]*whole{}, last: map[digest.Digest]int{}, ahead: map[digest.Digest]int{},
+		whole: map[digest.Digest]*whole{}, streams: map[digest.Digest][]readStream{},
 		inflight: map[digest.Digest]chan struct{}{}, loading: map[digest.Digest]*loadingFrame{}, prefetching: map[digest.Digest]int{}, profiled: map[digest.Digest][]bool{},
 		origins: map[digest.Digest]windowOrigin{}, winGroups: map[winGroupKey]*winGroup{},
 		aheadSem: make(chan struct{}, readaheadLoads), openSem: make(chan struct{}, openAheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead,
@@ -153,10 +152,9 @@ func (s *Source) Close() {
 // frames is read ahead as usual).
 func (s *Source) fetchAhead(x *index.Index, i int) {
 	s.mu.Lock()
-	prev, seen := s.last[x.Layer]
-	s.last[x.Layer] = i
-	sequential := seen && (prev == i-1 || prev == i) && s.prefetching[x.Layer] == 0
-	from := max(i+1, s.ahead[x.Layer]+1)
+	st, seen := s.stream(x.Layer, i)
+	sequential := seen && s.prefetching[x.Layer] == 0
+	from := max(i+1, st.ahead+1)
 	to := i
 	for end := x.Frames[i].Offset + x.Frames[i].Size + s.readahead; to+1 < len(x.Frames) && x.Frames[to+1].Offset < end; {
 		to++
@@ -211,8 +209,44 @@ func (s *Source) fetchAhead(x *index.Index, i int) {
 		}()
 	}
 	s.mu.Lock()
-	s.ahead[x.Layer] = max(s.ahead[x.Layer], launched)
+	for k, ss := 0, s.streams[x.Layer]; k < len(ss); k++ {
+		if ss[k].last == i {
+			ss[k].ahead = max(ss[k].ahead, launched)
+		}
+	}
 	s.mu.Unlock()
+}
+
+// readStream is one reader moving through a layer: the frame it asked
+// for last, and the last it was read ahead to.
+type readStream struct {
+	last, ahead int
+}
+
+// maxStreams is how many readers of one layer are followed at once: a
+// go build reads several files of a layer in turns, and one reader's
+// frames interleaved with another's looked random, so neither was read
+// ahead.
+const maxStreams = 8
+
+// stream returns the reader of layer that asked for frame i-1 or i last,
+// now at i, and true; or a new one at i (the oldest forgotten) and false.
+// The caller holds s.mu, and reads the stream only while it does.
+func (s *Source) stream(layer digest.Digest, i int) (readStream, bool) {
+	ss := s.streams[layer]
+	for k := len(ss) - 1; k >= 0; k-- {
+		if st := ss[k]; st.last == i-1 || st.last == i {
+			ss = append(append(ss[:k:k], ss[k+1:]...), readStream{last: i, ahead: st.ahead})
+			s.streams[layer] = ss
+			return ss[len(ss)-1], true
+		}
+	}
+	if len(ss) == maxStreams {
+		ss = append(ss[:0:0], ss[1:]...)
+	}
+	ss = append(ss, readStream{last: i, ahead: -1})
+	s.streams[layer] = ss
+	return ss[len(ss)-1], false
 }
 
 // claimRestOfSpan claims, for a reader's load of frame i of x, the frames
