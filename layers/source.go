@@ -65,7 +65,7 @@ type Source struct {
 const (
 	readahead        = 1 << 20
 	readaheadRequest = 256 << 10 // uncompressed bytes of frames one read-ahead request asks for, at least
-	readaheadLoads   = 8 // requests in flight: two readers' worth
+	readaheadLoads   = 8         // requests in flight: two readers' worth
 )
 
 // DefaultReadTimeout bounds how long a read waits for a frame that is not
