@@ -412,7 +412,7 @@ func TestSourceReadsAhead(t *testing.T) {
 	}
 	src.wg.Wait() // the read-ahead, not cancelled as Close would
 	src.Close()
-	ahead, _ := framesAhead(x, 1)
+	ahead, _ := framesAhead(x, 1, readaheadRequest) // a new reader's first window
 	if got, want := cached(), 2+ahead; got < want {
 		t.Errorf("after reading frames 0 and 1 in order, %d of %d frames are cached; want %d", got, len(x.Frames), want)
 	}
@@ -475,11 +475,12 @@ func chainStart(x *index.Index, i int) int {
 }
 
 // framesAhead is how many frames a sequential reader of frame i of x has
-// read ahead, and in how many requests: the frames starting within
-// readahead bytes after it, in groups of readaheadRequest bytes.
-func framesAhead(x *index.Index, i int) (frames, requests int) {
+// read ahead, and in how many requests, with its read-ahead window at
+// window bytes: the frames starting within them after it, in groups of
+// readaheadRequest bytes.
+func framesAhead(x *index.Index, i int, window int64) (frames, requests int) {
 	var group int64
-	for k := i + 1; k < len(x.Frames) && x.Frames[k].Offset < x.Frames[i].Offset+x.Frames[i].Size+readahead; k++ {
+	for k := i + 1; k < len(x.Frames) && x.Frames[k].Offset < x.Frames[i].Offset+x.Frames[i].Size+window; k++ {
 		if group == 0 {
 			requests++
 		}

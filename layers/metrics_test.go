@@ -76,7 +76,7 @@ func TestSourceMetricsMatchTheRegistry(t *testing.T) {
 	if want := 2 - btoi(x.NeedsFrameBefore(1)); len(m.frames) != want {
 		t.Errorf("frame loads timed = %d, want the %d read (read-ahead requests are not frame loads)", len(m.frames), want)
 	}
-	if _, most := framesAhead(x, 1); m.aheadStarted != m.aheadDone || m.aheadFetched < 1 || m.aheadFetched > most || m.aheadMaxInFlight < 1 {
+	if _, most := framesAhead(x, 1, readaheadRequest); m.aheadStarted != m.aheadDone || m.aheadFetched < 1 || m.aheadFetched > most || m.aheadMaxInFlight < 1 {
 		t.Errorf("read-ahead: %d started, %d done, %d fetched, at most %d at once; want all done, 1 to %d fetched, ≥ 1 at once",
 			m.aheadStarted, m.aheadDone, m.aheadFetched, m.aheadMaxInFlight, most)
 	}

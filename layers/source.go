@@ -156,7 +156,7 @@ func (s *Source) fetchAhead(x *index.Index, i int) {
 	sequential := seen && s.prefetching[x.Layer] == 0
 	from := max(i+1, st.ahead+1)
 	to := i
-	for end := x.Frames[i].Offset + x.Frames[i].Size + s.readahead; to+1 < len(x.Frames) && x.Frames[to+1].Offset < end; {
+	for end := x.Frames[i].Offset + x.Frames[i].Size + min(s.readahead, st.window); to+1 < len(x.Frames) && x.Frames[to+1].Offset < end; {
 		to++
 	}
 	if named := s.profiled[x.Layer]; len(named) == len(x.Frames) && named[i] {
@@ -221,13 +221,19 @@ func (s *Source) fetchAhead(x *index.Index, i int) {
 // for last, and the last it was read ahead to.
 type readStream struct {
 	last, ahead int
+	// window is how far ahead it is read: readaheadRequest bytes at first,
+	// doubled each frame it moves on in order, up to readahead. A start
+	// reads many small files in order one after another, a toolchain a
+	// few big ones: a fixed 1 MiB read python3's start 2.6 times over
+	// (9.7 MB fetched, 1.43 s; 7.9 MB, 1.28 s following one reader).
+	window int64
 }
 
 // maxStreams is how many readers of one layer are followed at once: a
 // go build reads several files of a layer in turns, and one reader's
 // frames interleaved with another's looked random, so neither was read
-// ahead.
-const maxStreams = 8
+// ahead (go run cold: 5.1 s, 4.45 s following 8).
+const maxStreams = 4
 
 // stream returns the reader of layer that asked for frame i-1 or i last,
 // now at i, and true; or a new one at i (the oldest forgotten) and false.
@@ -236,7 +242,10 @@ func (s *Source) stream(layer digest.Digest, i int) (readStream, bool) {
 	ss := s.streams[layer]
 	for k := len(ss) - 1; k >= 0; k-- {
 		if st := ss[k]; st.last == i-1 || st.last == i {
-			ss = append(append(ss[:k:k], ss[k+1:]...), readStream{last: i, ahead: st.ahead})
+			if st.last == i-1 {
+				st.window = min(2*st.window, readahead)
+			}
+			ss = append(append(ss[:k:k], ss[k+1:]...), readStream{last: i, ahead: st.ahead, window: st.window})
 			s.streams[layer] = ss
 			return ss[len(ss)-1], true
 		}
@@ -244,7 +253,7 @@ func (s *Source) stream(layer digest.Digest, i int) (readStream, bool) {
 	if len(ss) == maxStreams {
 		ss = append(ss[:0:0], ss[1:]...)
 	}
-	ss = append(ss, readStream{last: i, ahead: -1})
+	ss = append(ss, readStream{last: i, ahead: -1, window: readaheadRequest / 2})
 	s.streams[layer] = ss
 	return ss[len(ss)-1], false
 }
