@@ -142,6 +142,41 @@ func parentOf(p string) (dir, name string) {
 // later layer's directory replaces a lower layer's file — or, without
 // replace, makes ok false.
 func (u *unpacker) resolveDir(dir string, replace bool) (_ string, ok bool, _ error) {
+	return u.walk(dir, func(at, name string, n *node) (bool, error) {
+		if n != nil && !replace {
+			return false, nil
+		}
+		if err := u.replace(at, name, n); err != nil {
+			return false, err
+		}
+		if err := u.mkdir(at, name); err != nil {
+			return false, err
+		}
+		u.nodes[join(at, name)] = &node{typ: index.TypeDir}
+		return true, nil
+	})
+}
+
+// lookup returns the resolved path of an existing entry p with its parent
+// directories resolved as resolveDir does but never made, and its last
+// element not followed; ok false if there is no such entry.
+func (u *unpacker) lookup(p string) (string, bool) {
+	dir, name := parentOf(p)
+	at, ok, _ := u.walk(dir, func(string, string, *node) (bool, error) { return false, nil })
+	if !ok {
+		return "", false
+	}
+	p = join(at, name)
+	_, ok = u.nodes[p]
+	return p, ok
+}
+
+// walk resolves dir element by element as the layer's tree so far has it,
+// following its symlinks (at most maxSymlinks, relative to where they
+// are, absolute ones from the root; ".." at the root stays there). Where
+// an element is not a directory (n nil: missing), notDir decides: true to
+// go on into it (made a directory), false to stop with ok false.
+func (u *unpacker) walk(dir string, notDir func(at, name string, n *node) (bool, error)) (_ string, ok bool, _ error) {
 	var names []string
 	if dir != "" {
 		names = strings.Split(dir, "/")
@@ -163,56 +198,6 @@ func (u *unpacker) resolveDir(dir string, replace bool) (_ string, ok bool, _ er
 		n := u.nodes[next]
 		if n != nil && n.typ == index.TypeSymlink && followed < maxSymlinks {
 			followed++
-			target := n.e.Linkname
-			if path.IsAbs(target) {
-				at = ""
-			}
-			names = append(strings.Split(target, "/"), names...)
-			continue
-		}
-		if n == nil || n.typ != index.TypeDir {
-			if n != nil && !replace {
-				return "", false, nil
-			}
-			if err := u.replace(at, name, n); err != nil {
-				return "", false, err
-			}
-			if err := u.mkdir(at, name); err != nil {
-				return "", false, err
-			}
-			u.nodes[next] = &node{typ: index.TypeDir}
-		}
-		at = next
-	}
-	return at, true, nil
-}
-
-// lookup returns the resolved path of an existing entry p with its parent
-// directories resolved as resolveDir does but never made, and its last
-// element not followed; ok false if there is no such entry.
-func (u *unpacker) lookup(p string) (string, bool) {
-	dir, name := parentOf(p)
-	var names []string
-	if dir != "" {
-		names = strings.Split(dir, "/")
-	}
-	at := ""
-	for followed := 0; len(names) > 0; {
-		elem := names[0]
-		names = names[1:]
-		switch elem {
-		case "", ".":
-			continue
-		case "..":
-			if at != "" {
-				at, _ = parentOf(at)
-			}
-			continue
-		}
-		next := join(at, elem)
-		n := u.nodes[next]
-		if n != nil && n.typ == index.TypeSymlink && followed < maxSymlinks {
-			followed++
 			if path.IsAbs(n.e.Linkname) {
 				at = ""
 			}
@@ -220,13 +205,13 @@ func (u *unpacker) lookup(p string) (string, bool) {
 			continue
 		}
 		if n == nil || n.typ != index.TypeDir {
-			return "", false
+			if goOn, err := notDir(at, name, n); !goOn || err != nil {
+				return "", false, err
+			}
 		}
 		at = next
 	}
-	p = join(at, name)
-	_, ok := u.nodes[p]
-	return p, ok
+	return at, true, nil
 }
 
 // parent returns a descriptor of resolved directory dir, opened beneath the
