@@ -37,13 +37,11 @@ func (m *memSource) Frame(ctx context.Context, x *index.Index, i int) ([]byte, e
 		return nil, errors.New("registry unreachable")
 	}
 	m.loads.Add(1)
-	f := &x.Frames[i]
-	blob := m.blobs[x.Layer]
-	data, err := x.DecodeFrame(i, blob[f.CompressedOffset:f.CompressedOffset+f.CompressedSize])
+	data, err := x.DecodeFrameIn(m.blobs[x.Layer], i)
 	if err != nil {
 		return nil, err
 	}
-	if digest.FromBytes(data) != f.Digest {
+	if digest.FromBytes(data) != x.Frames[i].Digest {
 		return nil, index.ErrCorrupt
 	}
 	return data, nil

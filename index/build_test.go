@@ -159,7 +159,6 @@ func checkFrames(t *testing.T, x *Index, blob, tarData []byte) {
 	if x.TarSize != int64(len(tarData)) || x.BlobSize != int64(len(blob)) {
 		t.Fatalf("TarSize %d BlobSize %d, want %d %d", x.TarSize, x.BlobSize, len(tarData), len(blob))
 	}
-	var prev []byte
 	for i, f := range x.Frames {
 		comp := blob[f.CompressedOffset : f.CompressedOffset+f.CompressedSize]
 		if x.NeedsFrameBefore(i) {
@@ -167,11 +166,10 @@ func checkFrames(t *testing.T, x *Index, blob, tarData []byte) {
 				t.Fatalf("DecodeFrame(%d) of a frame without a window = %v, want ErrNeedsFrameBefore", i, err)
 			}
 		}
-		got, err := x.DecodeFrameWith(i, comp, x.WindowFrom(i, prev))
+		got, err := x.DecodeFrameIn(blob, i)
 		if err != nil {
 			t.Fatalf("DecodeFrame(%d): %v", i, err)
 		}
-		prev = got
 		if want := tarData[f.Offset : f.Offset+f.Size]; !bytes.Equal(got, want) {
 			t.Fatalf("DecodeFrame(%d) [%d,+%d) differs from the stream", i, f.Offset, f.Size)
 		}

@@ -25,6 +25,32 @@ func (x *Index) DecodeFrame(i int, compressed []byte) ([]byte, error) {
 	return x.DecodeFrameWith(i, compressed, nil)
 }
 
+// DecodeFrameIn decodes frame i from blob, the whole layer blob in
+// memory (tests, tools): a frame that keeps no window is decoded after
+// the frames before it, from the last that keeps one. Like DecodeFrame it
+// checks lengths, not digests.
+func (x *Index) DecodeFrameIn(blob []byte, i int) ([]byte, error) {
+	if i < 0 || i >= len(x.Frames) {
+		return nil, fmt.Errorf("decode frame %d of %d: no such frame", i, len(x.Frames))
+	}
+	from := i
+	for x.NeedsFrameBefore(from) {
+		from--
+	}
+	var data []byte
+	for k := from; k <= i; k++ {
+		f := &x.Frames[k]
+		if f.CompressedOffset+f.CompressedSize > int64(len(blob)) {
+			return nil, fmt.Errorf("decode frame %d: %w: blob of %d bytes, frame ends at %d", k, ErrCorrupt, len(blob), f.CompressedOffset+f.CompressedSize)
+		}
+		var err error
+		if data, err = x.DecodeFrameWith(k, blob[f.CompressedOffset:f.CompressedOffset+f.CompressedSize], x.WindowFrom(k, data)); err != nil {
+			return nil, err
+		}
+	}
+	return data, nil
+}
+
 // DecodeFrameWith is DecodeFrame for a frame whose window is not loaded,
 // or that keeps none (NeedsFrameBefore): window is the frame's window as
 // Windows or WindowFrom returns it (ignored, and may be nil, when the

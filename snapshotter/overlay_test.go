@@ -21,9 +21,7 @@ import (
 type memSource map[digest.Digest][]byte
 
 func (m memSource) Frame(ctx context.Context, x *index.Index, i int) ([]byte, error) {
-	f := &x.Frames[i]
-	blob := m[x.Layer]
-	return x.DecodeFrame(i, blob[f.CompressedOffset:f.CompressedOffset+f.CompressedSize])
+	return x.DecodeFrameIn(m[x.Layer], i)
 }
 
 // TestOverlayOfLazyLayersMatchesUnpack mounts every layer alone, in

@@ -37,13 +37,14 @@ func (m *memSource) Frame(ctx context.Context, x *index.Index, i int) ([]byte, e
 	if m.fail.Load() {
 		return nil, errors.New("source failing on purpose")
 	}
-	f := &x.Frames[i]
-	blob := m.blobs[x.Layer]
-	data, err := x.DecodeFrame(i, blob[f.CompressedOffset:f.CompressedOffset+f.CompressedSize])
-	if err == nil && digest.FromBytes(data) != f.Digest {
-		err = index.ErrCorrupt
+	data, err := x.DecodeFrameIn(m.blobs[x.Layer], i)
+	if err != nil {
+		return nil, err
 	}
-	return data, err
+	if digest.FromBytes(data) != x.Frames[i].Digest {
+		return nil, index.ErrCorrupt
+	}
+	return data, nil
 }
 
 // add indexes a gzip blob of tarData (small frames, so files straddle
