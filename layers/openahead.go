@@ -115,6 +115,11 @@ func (s *Source) FetchRun(x *index.Index, first, end int) {
 	if end-first < 2 || x.Format == index.FormatZstd || s.stop.Err() != nil {
 		return
 	}
+	// On a warm cache every read would stat each of its frames: a read
+	// whose first and last frames are cached is left to Frame.
+	if s.store.Has(x.Frames[first].Digest) && s.store.Has(x.Frames[end-1].Digest) {
+		return
+	}
 	run := make([]int, 0, end-first)
 	for k := first; k < end; k++ {
 		run = append(run, k)
