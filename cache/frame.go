@@ -249,6 +249,17 @@ func (s *Store) Has(d digest.Digest) bool {
 	return err == nil && fi.Mode().IsRegular()
 }
 
+// InMemory reports whether the memory tier holds the frame with digest d,
+// size bytes long: a read of it costs no disk read and no digest check.
+func (s *Store) InMemory(d digest.Digest, size int64) bool {
+	h, err := hexOf(d)
+	if err != nil {
+		return false
+	}
+	b, ok := s.memGet(h)
+	return ok && int64(len(b)) == size
+}
+
 // Cached returns the frame with digest d if memory or disk holds it,
 // size bytes long and verified, without loading it: for a load function
 // that can use a neighbouring frame when there is one (it must not call

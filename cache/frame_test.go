@@ -618,3 +618,31 @@ func TestCached(t *testing.T) {
 		t.Errorf("Cached() made %d loads, want 0", st.Loads)
 	}
 }
+
+// InMemory tells a frame the memory tier holds from one only on disk, and
+// one of another size from it.
+func TestInMemory(t *testing.T) {
+	s, _ := openStore(t, Config{})
+	want, d := testFrame(8, 4096)
+	if s.InMemory(d, 4096) {
+		t.Fatal("InMemory() of a frame never stored = true")
+	}
+	if err := s.Put(WithoutMemory(t.Context()), d, bytes.Clone(want)); err != nil {
+		t.Fatal(err)
+	}
+	if s.InMemory(d, 4096) {
+		t.Error("InMemory() of a frame stored on disk only = true")
+	}
+	if _, ok := s.Cached(d, 4096); !ok {
+		t.Fatal("Cached() of a stored frame = false")
+	}
+	if !s.InMemory(d, 4096) {
+		t.Error("InMemory() of a frame just read = false")
+	}
+	if s.InMemory(d, 4095) {
+		t.Error("InMemory() with the wrong size = true")
+	}
+	if s.InMemory("sha256:nothex", 4096) {
+		t.Error("InMemory() of a bad digest = true")
+	}
+}

@@ -569,3 +569,56 @@ func TestFramesWithoutWindows(t *testing.T) {
 		t.Errorf("a read of frames %d and %d fetched %v, want %v", m-1, m, got, want)
 	}
 }
+
+// On a warm cache a sequential reader finds the frames after its own in
+// memory: read ahead from disk, not fetched again, and not when it jumps.
+func TestSourceReadsAheadFromDisk(t *testing.T) {
+	e := newEnv(t)
+	root := t.TempDir()
+	r := NewResolver(Config{Client: e.client, Store: openStore(t, root), Build: index.BuildOptions{Span: 256 << 10}})
+	ls, err := r.Layers(t.Context(), e.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Pull(t.Context(), e.img, ls, PullConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	x := ls[0].Index
+	inMemory := func(store *cache.Store) (n int) {
+		for _, f := range x.Frames {
+			if store.InMemory(f.Digest, f.Size) {
+				n++
+			}
+		}
+		return n
+	}
+	for _, c := range []struct {
+		name  string
+		reads []int
+		want  int // frames in memory after the reads, at least (jump: exactly)
+	}{
+		{"jump", []int{len(x.Frames) - 1, 0}, 2},
+		{"in order", []int{0, 1}, 2 + func() int { n, _ := framesAhead(x, 1, readaheadRequest); return n }()},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// A new Store on the same directory: every frame on disk, none in memory.
+			store := openStore(t, root)
+			src := NewSource(e.client, e.img.Repo, store, nil)
+			before := len(e.proxy.Requests())
+			for _, i := range c.reads {
+				if _, err := src.Frame(t.Context(), x, i); err != nil {
+					t.Fatal(err)
+				}
+			}
+			src.wg.Wait()
+			src.Close()
+			got := inMemory(store)
+			if got < c.want || c.name == "jump" && got != c.want {
+				t.Errorf("after reading frames %v, %d of %d frames are in memory; want %d", c.reads, got, len(x.Frames), c.want)
+			}
+			if n := len(e.proxy.Requests()) - before; n != 0 {
+				t.Errorf("reads of cached frames made %d requests", n)
+			}
+		})
+	}
+}

@@ -49,6 +49,7 @@ type Source struct {
 
 	traffic  *Traffic      // on-demand fetches, which background fetches yield to
 	aheadSem chan struct{} // one token per running read-ahead
+	diskSem  chan struct{} // one token per frame read ahead from disk
 	openSem  chan struct{} // one token per running fetch at open (OpenedFile)
 	stop     context.Context
 	cancel   context.CancelFunc
@@ -66,6 +67,7 @@ const (
 	readahead        = 1 << 20
 	readaheadRequest = 256 << 10 // uncompressed bytes of frames one read-ahead request asks for, at least
 	readaheadLoads   = 8         // requests in flight: two readers' worth
+	diskReadahead    = 32        // frames read ahead from disk at once
 )
 
 // DefaultReadTimeout bounds how long a read waits for a frame that is not
@@ -84,7 +86,7 @@ func NewSource(client *fetch.Client, repo string, store *cache.Store, log *slog.
 		whole: map[digest.Digest]*whole{}, streams: map[digest.Digest][]readStream{},
 		inflight: map[digest.Digest]chan struct{}{}, loading: map[digest.Digest]*loadingFrame{}, prefetching: map[digest.Digest]int{}, profiled: map[digest.Digest][]bool{},
 		origins: map[digest.Digest]windowOrigin{}, winGroups: map[winGroupKey]*winGroup{},
-		aheadSem: make(chan struct{}, readaheadLoads), openSem: make(chan struct{}, openAheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead,
+		aheadSem: make(chan struct{}, readaheadLoads), diskSem: make(chan struct{}, diskReadahead), openSem: make(chan struct{}, openAheadLoads), readTimeout: DefaultReadTimeout, readahead: readahead,
 		metrics: noMetrics{}, traffic: NewTraffic(0)}
 	s.stop, s.cancel = context.WithCancel(context.Background())
 	return s
@@ -191,7 +193,17 @@ func (s *Source) fetchAhead(x *index.Index, i int) {
 			continue
 		}
 		launched = group[len(group)-1]
-		claims := s.claimRun(x, group)
+		var missing, onDisk []int
+		for _, k := range group {
+			switch f := &x.Frames[k]; {
+			case !s.store.Has(f.Digest):
+				missing = append(missing, k)
+			case !s.store.InMemory(f.Digest, f.Size):
+				onDisk = append(onDisk, k)
+			}
+		}
+		s.readAheadFromDisk(x, onDisk)
+		claims := s.claim(x, s.withChains(x, missing))
 		if len(claims) == 0 {
 			<-s.aheadSem // cached, or being fetched
 			continue
@@ -215,6 +227,32 @@ func (s *Source) fetchAhead(x *index.Index, i int) {
 		}
 	}
 	s.mu.Unlock()
+}
+
+// readAheadFromDisk brings frames of x the cache holds on disk into its
+// memory tier ahead of a sequential reader, up to diskReadahead at once,
+// each read and checked by a goroutine of its own; frames past that are
+// left to the reader. Without it the reader reads them one after
+// another, a disk read and a digest check each: with 64 KiB frames a
+// 1 GiB file went through FUSE at 287 MB/s, 44 % of the disk's 658 MB/s
+// (BenchmarkWarmSequentialRead; 100 % with 256 KiB frames), and at
+// 410-450 MB/s with it.
+func (s *Source) readAheadFromDisk(x *index.Index, frames []int) {
+	for _, k := range frames {
+		select {
+		case s.diskSem <- struct{}{}:
+		default:
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-s.diskSem }()
+			if _, _, err := s.frame(s.stop, x, k); err != nil && s.stop.Err() == nil {
+				s.log.Debug("read-ahead from disk failed", "layer", x.Layer, "frame", k, "err", err)
+			}
+		}()
+	}
 }
 
 // readStream is one reader moving through a layer: the frame it asked
