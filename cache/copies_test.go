@@ -8,13 +8,14 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 )
 
 // A file copy is kept like a frame (counted on disk, not in memory),
-// found by its key, checked once per Store, and a damaged one is removed
-// and reported as missing, never opened.
+// found by its key, and a damaged one (written to since) is removed and
+// reported as missing, never opened.
 func TestFileCopies(t *testing.T) {
 	dir := t.TempDir()
 	s, _ := openStore(t, Config{Dir: dir})
@@ -73,4 +74,112 @@ func TestFileCopies(t *testing.T) {
 	if warns := logs.expectWarns(); len(warns) != 1 || !strings.Contains(warns[0], "file copy damaged") {
 		t.Errorf("warnings %q, want one: file copy damaged", warns)
 	}
+}
+
+// A big copy is written piece by piece; a short or long one, or one
+// dropped, leaves nothing behind.
+func TestCreateCopy(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := openStore(t, Config{Dir: dir})
+	layer := digest.FromString("layer")
+	data := bytes.Repeat([]byte("0123456789abcdef"), 64<<10) // 1 MiB
+	key := CopyKey(layer, 0, int64(len(data)))
+	w, err := s.CreateCopy(key, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p := data; len(p) > 0; p = p[min(len(p), 100_000):] {
+		if _, err := w.Write(p[:min(len(p), 100_000)]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := w.Write([]byte("x")); err == nil {
+		t.Error("Write past the copy's size succeeded")
+	}
+	if err := w.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	f, err := s.OpenCopy(key, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(f)
+	f.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("copy holds %d bytes, %v; want the %d written", len(got), err, len(data))
+	}
+
+	short := CopyKey(layer, 1, int64(len(data)))
+	w, err = s.CreateCopy(short, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write(data[:10]); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Commit(); err == nil {
+		t.Error("Commit of a copy 10 bytes long, want 1 MiB, succeeded")
+	}
+	dropped := CopyKey(layer, 2, 5)
+	w, err = s.CreateCopy(dropped, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("abc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s.HasCopy(short, int64(len(data))) || s.HasCopy(dropped, 5) {
+		t.Error("a copy not committed is there")
+	}
+	u, err := Usage(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Frames != 1 || u.TempFiles != 0 {
+		t.Errorf("Usage = %+v, want the one copy committed and no temp file", u)
+	}
+}
+
+// A new Store trusts a copy as written, without reading it; it hashes one
+// whose file changed since (its change time), or whose record is an older
+// build's, the digest alone.
+func TestCopyCheckedOnlyWhenChanged(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := openStore(t, Config{Dir: dir})
+	data := bytes.Repeat([]byte("copy"), 10_000)
+	key := CopyKey(digest.FromString("layer"), 0, int64(len(data)))
+	if err := s.PutCopy(key, data); err != nil {
+		t.Fatal(err)
+	}
+	h := digest.FromBytes(data).Encoded()
+	hashed := func(name string, change func()) {
+		t.Helper()
+		change()
+		s, _ := openStore(t, Config{Dir: dir})
+		f, err := s.OpenCopy(key, int64(len(data)))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		f.Close()
+		_, checked := s.checked.Load(h)
+		if want := name != "as written"; checked != want {
+			t.Errorf("%s: copy hashed = %v, want %v", name, checked, want)
+		}
+	}
+	hashed("as written", func() {})
+	hashed("mtime set", func() {
+		old := time.Now().Add(-time.Hour)
+		if err := os.Chtimes(framePath(dir, h), old, old); err != nil {
+			t.Fatal(err)
+		}
+	})
+	hashed("older record", func() {
+		if err := s.PutIndex(key, []byte("sha256:"+h)); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

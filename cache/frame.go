@@ -391,6 +391,13 @@ func (s *Store) storeDisk(h string, b []byte) error {
 		s.log.Debug("cache: disk full, frames evicted", "op", "store", "frame", "sha256:"+h, "len", n,
 			"evicted", k, "evicted_bytes", kb, "err", err)
 	}
+	s.stored(h, n)
+	return nil
+}
+
+// stored records frame h, n bytes, just written, and evicts down to the
+// disk limit.
+func (s *Store) stored(h string, n int64) {
 	now := time.Now()
 	s.mu.Lock()
 	s.rec.use(h, n, now, now)
@@ -400,7 +407,6 @@ func (s *Store) storeDisk(h string, b []byte) error {
 	}
 	s.mu.Unlock()
 	s.removeFrames(victims, &s.st.evictions)
-	return nil
 }
 
 // availBytes returns the bytes an unprivileged writer may still use on the

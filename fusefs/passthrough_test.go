@@ -40,7 +40,7 @@ func (c *copySource) OpenCopy(x *index.Index, off, n int64) *os.File {
 	return f
 }
 
-func (c *copySource) CopyFile(x *index.Index, off, n int64) (bool, error) {
+func (c *copySource) CopyFile(ctx context.Context, x *index.Index, off, n int64) (bool, error) {
 	p := c.path(x, off, n)
 	if _, err := os.Stat(p); err == nil {
 		return false, nil
@@ -48,7 +48,7 @@ func (c *copySource) CopyFile(x *index.Index, off, n int64) (bool, error) {
 	first, end := x.FramesFor(off, n)
 	buf := make([]byte, n)
 	for i := first; i < end; i++ {
-		data, err := c.Frame(context.Background(), x, i)
+		data, err := c.Frame(ctx, x, i)
 		if err != nil {
 			return false, err
 		}

@@ -43,6 +43,7 @@ type FileCopier interface {
 	OpenCopy(layer *index.Index, off, n int64) *os.File
 	// CopyFile makes the file's copy from the frames the cache holds,
 	// fetching nothing and reading nothing ahead. It reports false when
-	// one of them is not there, or the copy is there already.
-	CopyFile(layer *index.Index, off, n int64) (bool, error)
+	// one of them is not there, or the copy is there already; it stops
+	// when ctx ends.
+	CopyFile(ctx context.Context, layer *index.Index, off, n int64) (bool, error)
 }

@@ -1,6 +1,7 @@
 package layers
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"os"
@@ -24,10 +25,11 @@ func (s *Source) OpenCopy(x *index.Index, off, n int64) *os.File {
 }
 
 // CopyFile keeps a copy of the n-byte file at off of x's uncompressed
-// stream, made from the frames the cache holds (verified), without
-// fetching or reading ahead. It reports false when a frame is missing or
-// the copy exists already.
-func (s *Source) CopyFile(x *index.Index, off, n int64) (bool, error) {
+// stream, made from the frames the cache holds (verified) and written as
+// it is read, so a file of any size costs a frame's memory; it fetches
+// nothing and reads nothing ahead. It reports false when a frame is
+// missing or the copy exists already, and stops when ctx ends.
+func (s *Source) CopyFile(ctx context.Context, x *index.Index, off, n int64) (bool, error) {
 	key := cache.CopyKey(x.Layer, off, n)
 	first, end := x.FramesFor(off, n)
 	if first >= end || s.store.HasCopy(key, n) {
@@ -38,17 +40,26 @@ func (s *Source) CopyFile(x *index.Index, off, n int64) (bool, error) {
 			return false, nil
 		}
 	}
-	buf := make([]byte, n)
+	w, err := s.store.CreateCopy(key, n)
+	if err != nil {
+		return false, err
+	}
+	defer w.Close()
 	for i := first; i < end; i++ {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
 		f := &x.Frames[i]
 		data := s.cachedFrame(x, i)
 		if data == nil {
 			return false, nil // evicted meanwhile
 		}
 		lo, hi := max(f.Offset, off), min(f.Offset+f.Size, off+n)
-		copy(buf[lo-off:hi-off], data[lo-f.Offset:hi-f.Offset])
+		if _, err := w.Write(data[lo-f.Offset : hi-f.Offset]); err != nil {
+			return false, err
+		}
 	}
-	if err := s.store.PutCopy(key, buf); err != nil {
+	if err := w.Commit(); err != nil {
 		return false, err
 	}
 	return true, nil

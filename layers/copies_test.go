@@ -2,6 +2,8 @@ package layers
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
 	"testing"
 
@@ -22,7 +24,7 @@ func TestSourceFileCopies(t *testing.T) {
 	file := entryOf(t, x, "bin/data")
 	first, end := x.FramesFor(file.Offset, file.Size)
 	e.proxy.ClearStats()
-	if made, err := src.CopyFile(x, file.Offset, file.Size); made || err != nil {
+	if made, err := src.CopyFile(t.Context(), x, file.Offset, file.Size); made || err != nil {
 		t.Fatalf("CopyFile before any frame was fetched = %v, %v; want false", made, err)
 	}
 	if n := e.proxy.Stats().BlobRequests; n != 0 {
@@ -35,7 +37,7 @@ func TestSourceFileCopies(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if made, err := src.CopyFile(x, file.Offset, file.Size); made || err != nil {
+	if made, err := src.CopyFile(t.Context(), x, file.Offset, file.Size); made || err != nil {
 		t.Errorf("CopyFile with frame %d of %d..%d missing = %v, %v; want false", end-1, first, end-1, made, err)
 	}
 	if src.OpenCopy(x, file.Offset, file.Size) != nil {
@@ -44,11 +46,19 @@ func TestSourceFileCopies(t *testing.T) {
 	if _, err := src.Frame(t.Context(), x, end-1); err != nil {
 		t.Fatal(err)
 	}
+	stopped, stop := context.WithCancel(t.Context())
+	stop()
+	if made, err := src.CopyFile(stopped, x, file.Offset, file.Size); made || !errors.Is(err, context.Canceled) {
+		t.Errorf("CopyFile with its context ended = %v, %v; want false, context.Canceled", made, err)
+	}
+	if src.OpenCopy(x, file.Offset, file.Size) != nil {
+		t.Fatal("a copy stopped half way was kept")
+	}
 	e.proxy.ClearStats()
-	if made, err := src.CopyFile(x, file.Offset, file.Size); !made || err != nil {
+	if made, err := src.CopyFile(t.Context(), x, file.Offset, file.Size); !made || err != nil {
 		t.Fatalf("CopyFile with every frame cached = %v, %v; want true", made, err)
 	}
-	if made, _ := src.CopyFile(x, file.Offset, file.Size); made {
+	if made, _ := src.CopyFile(t.Context(), x, file.Offset, file.Size); made {
 		t.Error("CopyFile made the copy twice")
 	}
 	if n := e.proxy.Stats().BlobRequests; n != 0 {
