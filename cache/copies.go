@@ -129,7 +129,13 @@ func (w *CopyWriter) Commit() error {
 		return fmt.Errorf("cache: file copy %s: %d bytes written, want %d", w.key, w.n, w.size)
 	}
 	s, tmp := w.s, w.f.Name()
-	err := w.f.Close()
+	// On disk before it is named and recorded: a copy is not hashed
+	// again, so a power cut must not leave a recorded copy whose blocks
+	// never reached the disk.
+	err := w.f.Sync()
+	if cerr := w.f.Close(); err == nil {
+		err = cerr
+	}
 	w.f = nil
 	defer os.Remove(tmp) // gone already when renamed
 	if err != nil {

@@ -37,12 +37,13 @@ import (
 // one registered backing file, unregistered when the last is released.
 //
 // A copy is written as its frames are read, so a file of any size can
-// have one: through FUSE a 1 GiB file read 1 MiB at a time, from 64 KiB
-// frames on disk, reaches 62-68 % of the disk's speed on this kind of
-// machine (two cores: hashing each frame and the FUSE round trips cost as
-// much CPU as the read itself); passed through, as fast as the disk. An
-// unmount waits copyGrace for the copy under way, then stops it: a big
-// file opened in a container's last seconds is copied at a later mount.
+// have one. Through FUSE a 1 GiB file read 1 MiB at a time from 64 KiB
+// frames on disk ran at 368 MB/s against 644 MB/s native (57 %: on two
+// cores hashing each frame and FUSE's round trips cost as much CPU as the
+// read); passed through to its copy, at 549 MB/s (85 %;
+// bench/results/2026-11-24-fs-copies). An unmount waits copyGrace for the
+// copy under way, then stops it: a big file opened in a container's last
+// seconds is copied at a later mount.
 const (
 	minCopy   = 16 << 10 // smaller files: an open and a read cost about the same either way
 	copyQueue = 256      // files waiting to be copied
@@ -63,8 +64,9 @@ type passthrough struct {
 
 	queue     chan *node         // files to copy, in the order opened
 	done      chan struct{}      // closed by waitCopies
-	ctx       context.Context    // of the copies; cancelled copyGrace after done
+	ctx       context.Context    // of the copies; cancelled grace after done
 	cancel    context.CancelFunc //
+	grace     time.Duration      // copyGrace; shorter in tests
 	startOnce sync.Once          // of copyQueued
 	stopOnce  sync.Once
 	wg        sync.WaitGroup // copyQueued
@@ -86,6 +88,7 @@ func newPassthrough(src FrameSource, enabled bool) *passthrough {
 		cached: map[*node]int{}, copied: map[*node]bool{},
 		queue: make(chan *node, copyQueue), done: make(chan struct{})}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.grace = copyGrace
 	if c, ok := src.(FileCopier); ok && enabled {
 		p.copier = c
 	}
@@ -246,7 +249,7 @@ func (r *roFS) copyQueued() {
 }
 
 // waitCopies stops copying, letting a copy under way finish for up to
-// copyGrace, and waits.
+// p.grace, and waits.
 func (p *passthrough) waitCopies() {
 	p.stopOnce.Do(func() { close(p.done) })
 	finished := make(chan struct{})
@@ -256,7 +259,7 @@ func (p *passthrough) waitCopies() {
 	}()
 	select {
 	case <-finished:
-	case <-time.After(copyGrace):
+	case <-time.After(p.grace):
 	}
 	p.cancel()
 	<-finished

@@ -165,3 +165,54 @@ func TestPassthroughOfCopiedFiles(t *testing.T) {
 		t.Errorf("%d copies made, want 4: a file under %d bytes is not copied", n, minCopy)
 	}
 }
+
+// blockingCopier's copies never end by themselves.
+type blockingCopier struct {
+	*memSource
+	started chan struct{}
+	stopped atomic.Bool
+}
+
+func (c *blockingCopier) OpenCopy(*index.Index, int64, int64) *os.File { return nil }
+
+func (c *blockingCopier) CopyFile(ctx context.Context, _ *index.Index, _, _ int64) (bool, error) {
+	c.started <- struct{}{}
+	<-ctx.Done()
+	c.stopped.Store(true)
+	return false, ctx.Err()
+}
+
+// An unmount lets a copy under way go on for a while, then stops it: a
+// container's exit waits for a big file's copy only so long.
+func TestUnmountStopsCopy(t *testing.T) {
+	testutil.RequireFUSE(t, "FUSE")
+	data := bytes.Repeat([]byte("x"), 100_000)
+	layer := gzipBytes(t, makeTar(t, []tarFile{{hdr: tar.Header{Name: "f", Typeflag: tar.TypeReg, Mode: 0o644}, body: data}}))
+	idxs, mem := buildIndexes(t, [][]byte{layer}, 64<<10)
+	src := &blockingCopier{memSource: mem, started: make(chan struct{}, 1)}
+	dir := t.TempDir()
+	m, err := MountLayers(dir, idxs, src, Config{Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const grace = 200 * time.Millisecond
+	m.ro.pt.grace = grace
+	if got, err := os.ReadFile(filepath.Join(dir, "f")); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read f: %d bytes, %v", len(got), err)
+	}
+	select {
+	case <-src.started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no copy started in 10 s")
+	}
+	start := time.Now()
+	if err := m.Unmount(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < grace || d > grace+5*time.Second {
+		t.Errorf("Unmount took %v with a copy under way; want about %v", d, grace)
+	}
+	if !src.stopped.Load() {
+		t.Error("the copy under way was not stopped")
+	}
+}
