@@ -37,15 +37,7 @@ func TestFileCopies(t *testing.T) {
 	if !s.HasCopy(key, int64(len(data))) || s.HasCopy(key, 1) {
 		t.Error("HasCopy after PutCopy: want it for the right size only")
 	}
-	f, err := s.OpenCopy(key, int64(len(data)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(f)
-	f.Close()
-	if err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("copy holds %d bytes, %v; want the %d put", len(got), err, len(data))
-	}
+	wantCopy(t, s, key, data)
 	if st := s.Stats(); st.DiskFrames != 1 || st.DiskBytes != int64(len(data)) {
 		t.Errorf("Stats = %+v, want the copy counted on disk", st)
 	}
@@ -100,15 +92,7 @@ func TestCreateCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.Close()
-	f, err := s.OpenCopy(key, int64(len(data)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := io.ReadAll(f)
-	f.Close()
-	if err != nil || !bytes.Equal(got, data) {
-		t.Fatalf("copy holds %d bytes, %v; want the %d written", len(got), err, len(data))
-	}
+	wantCopy(t, s, key, data)
 
 	short := CopyKey(layer, 1, int64(len(data)))
 	w, err = s.CreateCopy(short, int64(len(data)))
@@ -182,4 +166,18 @@ func TestCopyCheckedOnlyWhenChanged(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// wantCopy fails t unless the copy key names opens and holds data.
+func wantCopy(t *testing.T, s *Store, key digest.Digest, data []byte) {
+	t.Helper()
+	f, err := s.OpenCopy(key, int64(len(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(f)
+	f.Close()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("copy holds %d bytes, %v; want %d", len(got), err, len(data))
+	}
 }
