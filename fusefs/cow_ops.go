@@ -26,13 +26,22 @@ func (n *cowNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32
 		}
 	}
 	f.mu.RLock()
-	defer f.mu.RUnlock()
-	if !n.upper {
+	up, lower := n.upper, n.lower
+	f.mu.RUnlock()
+	if !up {
 		// Lower files never change: the kernel may keep their pages. A
 		// write through another descriptor of this inode updates them.
-		f.opened(n.lower)
-		return &lowerFile{n: n}, fuse.FOPEN_KEEP_CACHE, 0
+		// The copy is opened outside the lock (it may be hashed first);
+		// a copy-up meanwhile is seen by Read.
+		l := &lowerFile{n: n, copy: f.copies.open(lower)}
+		if l.copy == nil {
+			f.opened(lower)
+			f.copies.later(lower)
+		}
+		return l, fuse.FOPEN_KEEP_CACHE, 0
 	}
+	f.mu.RLock()
+	defer f.mu.RUnlock()
 	rel, ok := n.rel()
 	if !ok {
 		return nil, 0, syscall.ENOENT
@@ -98,14 +107,16 @@ func (u *upperFile) Allocate(ctx context.Context, off, size uint64, mode uint32)
 	return u.lf.Allocate(ctx, off, size, mode)
 }
 
-// lowerFile is a lower file opened for reading. Once the file has been
-// copied up (through another descriptor) it reads the copy, as overlayfs
-// does since Linux 4.19.
+// lowerFile is a lower file opened for reading: from the cache's whole
+// copy of it when there is one (copies.go), else from its frames. Once the
+// file has been copied up (through another descriptor) it reads the upper
+// file, as overlayfs does since Linux 4.19.
 type lowerFile struct {
-	n *cowNode
+	n    *cowNode
+	copy *os.File // the cache's copy of the lower file; nil: none
 
 	mu sync.Mutex // guards up
-	up *os.File   // the copy, opened on the first read after the copy-up
+	up *os.File   // the upper file, opened on the first read after the copy-up
 }
 
 var (
@@ -123,6 +134,9 @@ func (l *lowerFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 	up, lower := l.n.upper, l.n.lower
 	rel, ok := l.n.rel()
 	f.mu.RUnlock()
+	if !up && l.copy != nil {
+		return readFile(l.copy, dest, off)
+	}
 	if !up {
 		return f.read(ctx, lower, dest, off)
 	}
@@ -138,7 +152,12 @@ func (l *lowerFile) Read(ctx context.Context, dest []byte, off int64) (fuse.Read
 		}
 		l.up = file
 	}
-	n, err := l.up.ReadAt(dest, off)
+	return readFile(l.up, dest, off)
+}
+
+// readFile answers a READ from the plain file f.
+func readFile(f *os.File, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := f.ReadAt(dest, off)
 	if err != nil && n == 0 && !errors.Is(err, io.EOF) {
 		return nil, fs.ToErrno(err)
 	}
@@ -151,6 +170,9 @@ func (l *lowerFile) Release(ctx context.Context) syscall.Errno {
 	if l.up != nil {
 		l.up.Close()
 		l.up = nil
+	}
+	if l.copy != nil {
+		l.copy.Close() // no READ comes after RELEASE
 	}
 	return 0
 }

@@ -20,9 +20,10 @@ import (
 type Config struct {
 	FSName       string        // shown as the source in /proc/mounts; "" = "lazyfs"
 	CacheTimeout time.Duration // read-only mount: kernel entry and attribute cache lifetime; 0 = 1h (lower layers never change)
-	// NoPassthrough keeps a read-only mount from handing the kernel the
-	// cached copies of files (FUSE passthrough, see passthrough.go) and
-	// from making them.
+	// NoPassthrough keeps a mount from making and using whole copies of
+	// lower files (copies.go): a read-only mount hands the kernel those
+	// copies (FUSE passthrough, see passthrough.go), a writable one reads
+	// lower files from them.
 	NoPassthrough bool
 	MaxRead       int          // largest read request in bytes; 0 = 1 MiB less a page, so splice pipes suffice
 	Logger        *slog.Logger // nil = silent
@@ -75,6 +76,7 @@ type fileSystem struct {
 	// up: a stat walk of 50 000 files in a new container took 2.1 s with
 	// those round trips, against 0.36 s without overlay.
 	noXattrs bool
+	copies   *copies // whole copies of lower files; never nil
 }
 
 // Mount is a mounted union of layers: read-only, or copy-on-write with
@@ -84,7 +86,8 @@ type Mount struct {
 	server *fuse.Server
 	dev    uint64 // the mount's device number: its FUSE connection
 	log    *slog.Logger
-	ro     *roFS // the read-only file system; nil for a writable mount
+	ro     *roFS       // the read-only file system; nil for a writable mount
+	fs     *fileSystem // what either serves
 }
 
 // MountLayers merges the layers (bottom first) and mounts the union at dir,
@@ -106,6 +109,7 @@ func mount(dir string, layers []*index.Index, src FrameSource, cfg Config, wrap 
 		return nil, fmt.Errorf("merge layers: %w", err)
 	}
 	fsys := &fileSystem{layers: layers, src: src, tree: t, log: log, onEIO: cfg.OnIOError, noXattrs: cfg.UpperDir == "" && !hasXattrs(layers)}
+	fsys.copies = newCopies(fsys, !cfg.NoPassthrough)
 	maxRead := cfg.MaxRead
 	if maxRead <= 0 {
 		maxRead = 1<<20 - 4096
@@ -144,7 +148,7 @@ func mount(dir string, layers []*index.Index, src FrameSource, cfg Config, wrap 
 		// A symlink's target never changes: the kernel may keep it
 		// rather than ask at every path walk through the link.
 		mo.EnableSymlinkCaching = true
-		ro = newROFS(fsys, timeout, !cfg.NoPassthrough)
+		ro = newROFS(fsys, timeout)
 		raw = ro
 	} else {
 		cow, err := newCowFS(fsys, cfg)
@@ -187,7 +191,7 @@ func mount(dir string, layers []*index.Index, src FrameSource, cfg Config, wrap 
 		server.Unmount() //nolint:errcheck // the stat's error says more
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
-	return &Mount{Dir: dir, server: server, dev: st.Dev, log: log, ro: ro}, nil
+	return &Mount{Dir: dir, server: server, dev: st.Dev, log: log, ro: ro, fs: fsys}, nil
 }
 
 // closeFuseOnExec marks this process's /dev/fuse descriptors close-on-exec.
@@ -269,9 +273,9 @@ func (m *Mount) unmounted(err error) error {
 		// The connection is gone: a push or relist still under way
 		// fails at once.
 		m.ro.waitPushes()
-		m.ro.pt.waitCopies()
 		m.ro.waitRelist()
 	}
+	m.fs.copies.wait()
 	return nil
 }
 

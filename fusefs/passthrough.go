@@ -1,15 +1,11 @@
 package fusefs
 
 import (
-	"context"
 	"os"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
-
-	"github.com/lazyfs/lazyfs/index"
 )
 
 // Files the read-only mount passes through to the kernel (FUSE
@@ -22,12 +18,7 @@ import (
 // supervisor, whose frames come from disk) against 11 ms natively; with
 // its files passed through, 12-14 ms.
 //
-// A copy is made after the fact: an open of a file that has no copy
-// queues it, and one goroutine copies the queued files in turn from their
-// cached frames (a file with a frame missing is skipped), so that the next
-// mount passes them through. Cold starts never copy (their frames are not
-// all there) and never wait for a copy; an unmount lets the copy under way
-// finish and drops the rest.
+// Copies are made after the fact (copies.go): cold starts never copy.
 //
 // The kernel keeps one mode per inode: while an open of it reads through
 // the page cache (FOPEN_KEEP_CACHE), a passthrough open fails (ETXTBSY),
@@ -35,41 +26,15 @@ import (
 // the same backing file. So a node opened the cached way stays so until
 // all those opens are released, and the passthrough opens of a node share
 // one registered backing file, unregistered when the last is released.
-//
-// A copy is written as its frames are read, so a file of any size can
-// have one. Through FUSE a 1 GiB file read 1 MiB at a time from 64 KiB
-// frames on disk ran at 368 MB/s against 644 MB/s native (57 %: on two
-// cores hashing each frame and FUSE's round trips cost as much CPU as the
-// read); passed through to its copy, at 549 MB/s (85 %;
-// bench/results/2026-11-24-fs-copies). An unmount waits copyGrace for the
-// copy under way, then stops it: a big file opened in a container's last
-// seconds is copied at a later mount.
-const (
-	minCopy   = 16 << 10 // smaller files: an open and a read cost about the same either way
-	copyQueue = 256      // files waiting to be copied
-	copyGrace = 5 * time.Second
-)
 
 // passthrough is a read-only mount's record of its open files.
 type passthrough struct {
-	copier FileCopier // nil: no copies, every open is cached
-
 	mu      sync.Mutex
 	off     bool // the kernel refused a backing file: try no more
 	handles map[uint64]handle
 	nextFh  uint64
 	backing map[*node]*backingFile
-	cached  map[*node]int  // the node's opens in the page-cache mode
-	copied  map[*node]bool // nodes this mount copied or tried to
-
-	queue     chan *node         // files to copy, in the order opened
-	done      chan struct{}      // closed by waitCopies
-	ctx       context.Context    // of the copies; cancelled grace after done
-	cancel    context.CancelFunc //
-	grace     time.Duration      // copyGrace; shorter in tests
-	startOnce sync.Once          // of copyQueued
-	stopOnce  sync.Once
-	wg        sync.WaitGroup // copyQueued
+	cached  map[*node]int // the node's opens in the page-cache mode
 }
 
 type handle struct {
@@ -83,23 +48,8 @@ type backingFile struct {
 	refs int
 }
 
-func newPassthrough(src FrameSource, enabled bool) *passthrough {
-	p := &passthrough{handles: map[uint64]handle{}, backing: map[*node]*backingFile{},
-		cached: map[*node]int{}, copied: map[*node]bool{},
-		queue: make(chan *node, copyQueue), done: make(chan struct{})}
-	p.ctx, p.cancel = context.WithCancel(context.Background())
-	p.grace = copyGrace
-	if c, ok := src.(FileCopier); ok && enabled {
-		p.copier = c
-	}
-	return p
-}
-
-// copyable reports whether n's content is one run of its layer's stream
-// of a size worth passing through.
-func copyable(n *node) bool {
-	e := n.entry
-	return e != nil && e.Type == index.TypeReg && e.Sparse == nil && e.Size >= minCopy
+func newPassthrough() *passthrough {
+	return &passthrough{handles: map[uint64]handle{}, backing: map[*node]*backingFile{}, cached: map[*node]int{}}
 }
 
 // openFile answers an OPEN of the lower regular file n: passed through to
@@ -108,7 +58,7 @@ func copyable(n *node) bool {
 // if it can be).
 func (r *roFS) openFile(n *node, out *fuse.OpenOut) {
 	p := r.pt
-	if p.copier == nil || !copyable(n) {
+	if !r.copies.on(n) {
 		r.opened(n)
 		out.OpenFlags = fuse.FOPEN_KEEP_CACHE
 		return
@@ -120,7 +70,7 @@ func (r *roFS) openFile(n *node, out *fuse.OpenOut) {
 	p.mu.Unlock()
 	var f *os.File
 	if try {
-		f = p.copier.OpenCopy(r.layers[n.layer], n.entry.Offset, n.entry.Size)
+		f = r.copies.open(n)
 	}
 
 	p.mu.Lock()
@@ -137,9 +87,7 @@ func (r *roFS) openFile(n *node, out *fuse.OpenOut) {
 	out.Fh = p.handleLocked(n, false)
 	out.OpenFlags = fuse.FOPEN_KEEP_CACHE
 	r.opened(n)
-	if !p.copied[n] {
-		r.copyLater(n)
-	}
+	r.copies.later(n)
 }
 
 // backingLocked returns n's registered backing file, or registers f, the
@@ -166,7 +114,6 @@ func (p *passthrough) backingLocked(r *roFS, n *node, f *os.File) *backingFile {
 	}
 	b = &backingFile{id: id, f: f}
 	p.backing[n] = b
-	p.copied[n] = true
 	return b
 }
 
@@ -201,66 +148,4 @@ func (r *roFS) release(fh uint64) {
 		r.log.Debug("unregister passthrough file", "ino", h.n.ino, "err", syscall.Errno(errno))
 	}
 	b.f.Close()
-}
-
-// copyLater queues n to be copied in the background, if all its frames
-// are cached then; a full queue drops it (a later open tries again).
-// Called with p.mu held.
-func (r *roFS) copyLater(n *node) {
-	p := r.pt
-	p.startOnce.Do(func() {
-		p.wg.Add(1)
-		go r.copyQueued()
-	})
-	select {
-	case p.queue <- n:
-		p.copied[n] = true
-	default:
-	}
-}
-
-// copyQueued copies the queued files one after the other until
-// waitCopies.
-func (r *roFS) copyQueued() {
-	p := r.pt
-	defer p.wg.Done()
-	for {
-		select {
-		case <-p.done:
-			return
-		case n := <-p.queue:
-			select {
-			case <-p.done: // the mount is going: the rest is for a later one
-				return
-			default:
-			}
-			e := n.entry
-			made, err := p.copier.CopyFile(p.ctx, r.layers[n.layer], e.Offset, e.Size)
-			if err != nil && p.ctx.Err() == nil {
-				r.log.Debug("cannot keep a copy of a file", "ino", n.ino, "err", err)
-			}
-			if !made && err == nil {
-				p.mu.Lock()
-				delete(p.copied, n) // its frames may all be there at its next open
-				p.mu.Unlock()
-			}
-		}
-	}
-}
-
-// waitCopies stops copying, letting a copy under way finish for up to
-// p.grace, and waits.
-func (p *passthrough) waitCopies() {
-	p.stopOnce.Do(func() { close(p.done) })
-	finished := make(chan struct{})
-	go func() {
-		p.wg.Wait()
-		close(finished)
-	}()
-	select {
-	case <-finished:
-	case <-time.After(p.grace):
-	}
-	p.cancel()
-	<-finished
 }

@@ -196,7 +196,7 @@ func TestUnmountStopsCopy(t *testing.T) {
 		t.Fatal(err)
 	}
 	const grace = 200 * time.Millisecond
-	m.ro.pt.grace = grace
+	m.fs.copies.grace = grace
 	if got, err := os.ReadFile(filepath.Join(dir, "f")); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("read f: %d bytes, %v", len(got), err)
 	}
@@ -214,5 +214,69 @@ func TestUnmountStopsCopy(t *testing.T) {
 	}
 	if !src.stopped.Load() {
 		t.Error("the copy under way was not stopped")
+	}
+}
+
+// A writable mount reads a lower file from its copy once an earlier mount
+// made it, and the upper file once another descriptor copied it up.
+func TestCowReadsCopies(t *testing.T) {
+	data := make([]byte, 300_000)
+	for i := range data {
+		data[i] = byte(rand.IntN(7)) // compressible, several frames
+	}
+	layer := gzipBytes(t, makeTar(t, []tarFile{{hdr: tar.Header{Name: "f", Typeflag: tar.TypeReg, Mode: 0o644}, body: data}}))
+	idxs, mem := buildIndexes(t, [][]byte{layer}, 64<<10)
+	src := &copySource{memSource: mem, dir: t.TempDir()}
+
+	first := mountCow(t, idxs, src, "", Config{})
+	if got, err := os.ReadFile(filepath.Join(first.dir, "f")); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read f: %d bytes, %v", len(got), err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); src.puts.Load() < 1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no copy made in 10 s")
+		}
+	}
+	first.unmount(t)
+
+	second := mountCow(t, idxs, src, "", Config{})
+	p := filepath.Join(second.dir, "f")
+	held, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	loads := mem.loads.Load()
+	got := make([]byte, len(data))
+	if _, err := held.ReadAt(got, 0); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read f on a new mount: %v", err)
+	}
+	if n := mem.loads.Load() - loads; n != 0 {
+		t.Errorf("reading a copied file decoded %d frames, want 0", n)
+	}
+	if n := src.opens.Load(); n != 1 {
+		t.Errorf("%d copies opened, want 1", n)
+	}
+	w, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteAt([]byte("new"), 200_000); err != nil {
+		t.Fatal(err)
+	}
+	must(t, w.Close())
+	want := bytes.Clone(data)
+	copy(want[200_000:], "new")
+	if _, err := held.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Errorf("read f after a copy-up through another descriptor: %v, or not the bytes written", err)
+	}
+	// NoPassthrough: no copy is used.
+	third := mountCow(t, idxs, src, "", Config{NoPassthrough: true})
+	opens := src.opens.Load()
+	if got, err := os.ReadFile(filepath.Join(third.dir, "f")); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read f with NoPassthrough: %d bytes, %v", len(got), err)
+	}
+	if n := src.opens.Load() - opens; n != 0 {
+		t.Errorf("with NoPassthrough %d copies were opened", n)
 	}
 }

@@ -44,13 +44,13 @@ type roFS struct {
 	listedBare []atomic.Bool
 	relistSem  chan struct{} // held by the relist under way
 
-	pt *passthrough // opens of lower files, and their copies
+	pt *passthrough // opens of lower files
 }
 
-func newROFS(f *fileSystem, timeout time.Duration, passthrough bool) *roFS {
+func newROFS(f *fileSystem, timeout time.Duration) *roFS {
 	return &roFS{RawFileSystem: fuse.NewDefaultRawFileSystem(), fileSystem: f, timeout: timeout,
 		pushSem: make(chan struct{}, maxPushes), relistSem: make(chan struct{}, 1),
-		listedBare: make([]atomic.Bool, len(f.tree.byIno)), pt: newPassthrough(f.src, passthrough)}
+		listedBare: make([]atomic.Bool, len(f.tree.byIno)), pt: newPassthrough()}
 }
 
 func (r *roFS) String() string { return "lazyfs" }
