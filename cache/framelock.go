@@ -65,6 +65,18 @@ func (s *Store) tryLock(h string) (unlock func(), ok bool) {
 	}, true
 }
 
+// WaitFrameLock waits while another process holds the lock on d
+// (TryLockFrame), at most max or until ctx ends. It reports whether it
+// waited for a lock that was released: what its holder fetched is then
+// likely on disk.
+func (s *Store) WaitFrameLock(ctx context.Context, d digest.Digest, max time.Duration) bool {
+	h, err := hexOf(d)
+	if err != nil {
+		return false
+	}
+	return s.waitUnlocked(ctx, h, max)
+}
+
 // lockPoll is how often waitUnlocked looks at a held lock again.
 const lockPoll = 5 * time.Millisecond
 

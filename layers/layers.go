@@ -180,7 +180,10 @@ func (r *Resolver) Layers(ctx context.Context, img *fetch.Image) ([]Layer, error
 				err    error
 			)
 			if rd, ok := remote[d.Digest]; ok {
-				x, err = r.Download(gctx, img, d, rd)
+				var stored bool
+				if x, stored, err = r.downloadOnce(gctx, img, d, rd); stored {
+					origin = OriginLocal
+				}
 			} else {
 				origin = OriginBuilt
 				r.log.Info("no index for layer: building it by streaming the layer once", "layer", d.Digest, "len", d.Size)
@@ -382,6 +385,31 @@ func (r *Resolver) Download(ctx context.Context, img *fetch.Image, layer, blob o
 	}
 	return x, nil
 }
+
+// downloadOnce is Download, once among the processes that share the
+// store: one that finds another downloading the same layer's index waits
+// for it (at most indexPatience) and takes the index from the store
+// (stored). 16 containers of one image started at once fetched 3.5 MB of
+// index blobs where one container fetched 0.35 MB.
+func (r *Resolver) downloadOnce(ctx context.Context, img *fetch.Image, layer, blob ocispec.Descriptor) (_ *index.Index, stored bool, _ error) {
+	key := digest.FromString("lazyfs index download\n" + layer.Digest.String())
+	unlock, ok := r.cfg.Store.TryLockFrame(key)
+	if !ok {
+		if r.cfg.Store.WaitFrameLock(ctx, key, indexPatience) {
+			if x, err := r.LocalIndex(layer.Digest); err == nil && x != nil {
+				return x, true, nil
+			}
+		}
+		unlock, _ = r.cfg.Store.TryLockFrame(key) // not taken: download anyway
+	}
+	defer unlock()
+	x, err := r.Download(ctx, img, layer, blob)
+	return x, false, err
+}
+
+// indexPatience bounds how long a process waits for another's download
+// of an index before it downloads the index itself.
+const indexPatience = 5 * time.Second
 
 // downloadTOC fetches the first toc bytes of blob and decodes them.
 func (r *Resolver) downloadTOC(ctx context.Context, img *fetch.Image, layer, blob ocispec.Descriptor, toc int64) (*index.Index, error) {

@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
@@ -620,5 +624,57 @@ func TestSourceReadsAheadFromDisk(t *testing.T) {
 				t.Errorf("reads of cached frames made %d requests", n)
 			}
 		})
+	}
+}
+
+// Processes that share a store and look for the same image's indexes at
+// once download each index once: the others wait for it and take it from
+// the store.
+func TestIndexDownloadedOnceAcrossProcesses(t *testing.T) {
+	e := newEnv(t)
+	built, err := e.r.Build(t.Context(), e.img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.r.Push(t.Context(), e.img, built); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	e.proxy.ClearStats()
+	// The first process's index downloads take 300 ms: the second starts
+	// while they run.
+	e.proxy.Stall(len(built), 300*time.Millisecond)
+	var g errgroup.Group
+	for i := range 2 {
+		g.Go(func() error {
+			time.Sleep(time.Duration(i) * 50 * time.Millisecond)
+			r := NewResolver(Config{Client: e.client, Store: openStore(t, root)})
+			ls, err := r.Layers(t.Context(), e.img)
+			if err == nil && len(ls) != len(built) {
+				err = fmt.Errorf("%d layers, want %d", len(ls), len(built))
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	skip := map[digest.Digest]bool{e.img.Manifest.Config.Digest: true}
+	for _, d := range e.img.Manifest.Layers {
+		skip[d.Digest] = true
+	}
+	got := map[digest.Digest]int{}
+	for _, req := range e.proxy.Requests() {
+		if req.Digest != "" && !skip[req.Digest] && req.Method == http.MethodGet {
+			got[req.Digest]++
+		}
+	}
+	if len(got) != len(built) {
+		t.Fatalf("index blobs fetched: %v; want %d", got, len(built))
+	}
+	for d, n := range got {
+		if n != 1 {
+			t.Errorf("index blob %s fetched %d times, want once", d, n)
+		}
 	}
 }
