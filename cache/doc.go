@@ -6,7 +6,8 @@
 // It owns:
 //   - verification: a frame's SHA-256 is checked against its digest before
 //     it is stored or handed to anyone, whether it came from a load function
-//     or from disk;
+//     or from disk; a whole copy of a file (copies.go) is hashed as it is
+//     written, and again only if its file changed since;
 //   - single-flight: concurrent readers of one frame share one load, which
 //     runs detached from any one reader's context under its own deadline;
 //   - the on-disk layout (frames/ab/abcdef…, index/sha256/…), atomic writes

@@ -33,7 +33,9 @@ const lockPatience = 2 * time.Second
 // TryLockFrame takes the lock on fetching frame d unless another process
 // (or this one) holds it. unlock releases it and removes its file. Frame
 // takes it around every load itself; a caller that fetches frames by
-// other means (a coalesced request, then Put) takes it for those.
+// other means (a coalesced request, then Put) takes it for those. Any
+// digest names a lock: a layer's index download takes one of its own
+// (layers.Resolver).
 func (s *Store) TryLockFrame(d digest.Digest) (unlock func(), ok bool) {
 	h, err := hexOf(d)
 	if err != nil {

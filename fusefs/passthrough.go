@@ -63,8 +63,9 @@ func (r *roFS) openFile(n *node, out *fuse.OpenOut) {
 		out.OpenFlags = fuse.FOPEN_KEEP_CACHE
 		return
 	}
-	// Opening a copy reads it whole the first time (its SHA-256 is
-	// checked): not under the lock every open takes.
+	// Opening a copy may read it whole (its SHA-256 is checked when its
+	// file changed since it was written): not under the lock every open
+	// takes.
 	p.mu.Lock()
 	try := p.backing[n] == nil && p.cached[n] == 0 && !p.off && r.server != nil
 	p.mu.Unlock()

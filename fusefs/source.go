@@ -35,11 +35,11 @@ type RunFetcher interface {
 
 // FileCopier is a FrameSource that can keep whole copies of lower regular
 // files, which a read-only mount then hands to the kernel to read from
-// (FUSE passthrough). The file is the n bytes at off of the layer's
-// uncompressed stream.
+// (FUSE passthrough) and a writable one reads lower files from. The file
+// is the n bytes at off of the layer's uncompressed stream.
 type FileCopier interface {
-	// OpenCopy returns the file's copy, checked, or nil when there is
-	// none.
+	// OpenCopy returns the file's copy, as written or checked, or nil
+	// when there is none.
 	OpenCopy(layer *index.Index, off, n int64) *os.File
 	// CopyFile makes the file's copy from the frames the cache holds,
 	// fetching nothing and reading nothing ahead. It reports false when

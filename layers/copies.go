@@ -11,8 +11,8 @@ import (
 )
 
 // OpenCopy returns the cached copy of the n-byte file at off of x's
-// uncompressed stream, checked, or nil when the cache has none (see
-// cache.Store.PutCopy).
+// uncompressed stream, as written or checked, or nil when the cache has
+// none (see cache.Store.OpenCopy).
 func (s *Source) OpenCopy(x *index.Index, off, n int64) *os.File {
 	f, err := s.store.OpenCopy(cache.CopyKey(x.Layer, off, n), n)
 	if err != nil {

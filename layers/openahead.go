@@ -107,6 +107,12 @@ func (s *Source) OpenedFile(x *index.Index, off, n int64) {
 	}()
 }
 
+// cached reports whether the cache holds frame f, in memory (no stat)
+// or on disk.
+func (s *Source) cached(f *index.Frame) bool {
+	return s.store.InMemory(f.Digest, f.Size) || s.store.Has(f.Digest)
+}
+
 // FetchRun is told that a read needs frames [first, end) of x; those not
 // cached nor being fetched are fetched with one request (with the frames
 // they decode after), which the read's Frame calls then wait for, rather
@@ -117,7 +123,7 @@ func (s *Source) FetchRun(x *index.Index, first, end int) {
 	}
 	// On a warm cache every read would stat each of its frames: a read
 	// whose first and last frames are cached is left to Frame.
-	if s.store.Has(x.Frames[first].Digest) && s.store.Has(x.Frames[end-1].Digest) {
+	if s.cached(&x.Frames[first]) && s.cached(&x.Frames[end-1]) {
 		return
 	}
 	run := make([]int, 0, end-first)

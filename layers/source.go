@@ -196,10 +196,11 @@ func (s *Source) fetchAhead(x *index.Index, i int) {
 		var missing, onDisk []int
 		for _, k := range group {
 			switch f := &x.Frames[k]; {
-			case !s.store.Has(f.Digest):
-				missing = append(missing, k)
-			case !s.store.InMemory(f.Digest, f.Size):
+			case s.store.InMemory(f.Digest, f.Size): // no stat for what memory holds
+			case s.store.Has(f.Digest):
 				onDisk = append(onDisk, k)
+			default:
+				missing = append(missing, k)
 			}
 		}
 		s.readAheadFromDisk(x, onDisk)
